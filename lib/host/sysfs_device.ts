@@ -22,6 +22,7 @@ import {
   type SysfsReader,
 } from "./sysfs.ts";
 import { isFileName, join } from "../state/paths.ts";
+import { oneLine } from "../render/terminal.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
@@ -140,7 +141,7 @@ export function readHostUse(
   // The host's use of nothing is nothing (a VM without passthrough, at every start), in a
   // captured tree too, however damaged: its host_use.json says only what uses which devices.
   if (options.devices.length === 0) return [];
-  return options.live
+  const uses = options.live
     ? liveHostUse(reader, {
       sysRoot: root,
       procRoot: options.procRoot ?? "/proc",
@@ -148,6 +149,9 @@ export function readHostUse(
       devices: options.devices,
     })
     : treeHostUse(reader, root);
+  // A detail is quoted inside one-line messages (a refusal, a table's notes): a mount point, or
+  // a captured tree's host_use.json, may hold a newline, which started a line of its own there.
+  return uses?.map((u) => ({ ...u, detail: oneLine(u.detail, false) })) ?? null;
 }
 
 /** Hexadecimal digits only; tested, not matched, so nothing is allocated. */

@@ -164,3 +164,29 @@ Deno.test("a newline or tab in a captured tree's slot or driver name stays in it
   assertEquals(devices.stdout.trimEnd().split("\n").length, 1 + 89, devices.stdout);
   assertEquals(groups.stdout.trimEnd().split("\n").length, 1 + 2, groups.stdout);
 });
+
+Deno.test("a host use in a captured tree's host_use.json holding a newline stays in plan's refusal line", async () => {
+  await using tree = await demoTree();
+  // The demo host's boot NVMe, mounted where a newline starts what reads as a note of its own.
+  Deno.writeTextFileSync(
+    `${tree.sysfs}/host_use.json`,
+    JSON.stringify([{
+      address: "0000:4a:00.0",
+      reason: "mounted-filesystem",
+      detail: "/mnt/a\n  note [fine] b on nvme0n1p1",
+    }]),
+  );
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(
+    config,
+    "version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: 1987:5016 }\n",
+  );
+  const world = `test://${new URL("../../demo/world.xml", import.meta.url).pathname}`;
+  const plan = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world]);
+  assertEquals(plan.code, 1, plan.stderr);
+  assertOk(!/^\s*note \[fine\]/m.test(plan.stdout), plan.stdout);
+  assertMatch(
+    plan.stdout,
+    /refused \[group-contains-host-critical\] .*\/mnt\/a\\u000a {2}note \[fine\] b on nvme0n1p1/,
+  );
+});

@@ -508,3 +508,14 @@ Deno.test("readHostUse(): a mount with no optional fields (private, as without s
     ],
   );
 });
+
+Deno.test("readHostUse(): a mount point holding a newline or tab keeps its detail on one line", async () => {
+  // The kernel writes them octal-escaped; undone, the newline split every message naming the
+  // mount, and what followed it read as a line of its own.
+  assertEquals(
+    await storageUse({
+      mounts: [mount("259:5", "/mnt/a\\012\\011refused\\040b", "ext4", "/dev/nvme1n1p1")],
+    }),
+    [[NVME[1], "mounted-filesystem", "/mnt/a\\u000a\\u0009refused b on nvme1n1p1"]],
+  );
+});
