@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
-import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn, type TakenAlong, takenAlong } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
@@ -67,7 +67,8 @@ export async function run(
       }));
       return {
         group: group.group,
-        hostCritical: devices.some((d) => d.hostCritical !== null),
+        hostCritical: devices.some((d) => d.hostCritical !== null) ||
+          takenAlong(group.devices).noCardAlone,
         devices,
       };
     });
@@ -89,10 +90,15 @@ export async function run(
   const rows: string[][] = [];
   for (const group of groups) {
     const reasons = group.devices.map((d) => hostCriticalOnItsOwn(d, host));
-    const critical = reasons.some((r) => r !== null);
+    // A group of several cards each taking another's controller along passes no card alone.
+    const { along, noCardAlone } = takenAlong(group.devices);
+    const critical = reasons.some((r) => r !== null) || noCardAlone;
     for (const [i, d] of group.devices.entries()) {
-      const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint, reasons[i])]
-        .filter((n) => n !== "").join(", ");
+      const notes = [
+        deviceNotes(d, host, paint, twins),
+        criticalNote(d, host, paint, reasons[i]),
+        alongNote(along.get(d.address), paint),
+      ].filter((n) => n !== "").join(", ");
       rows.push([
         String(group.group),
         critical ? paint("red", "host-critical") : "",
@@ -110,6 +116,16 @@ export async function run(
   io.out(hostUseUnknownNote(host, paint));
   io.out(inconsistencyNotes(host, positionals.length === 0 ? null : groups, paint));
   return 0;
+}
+
+/**
+ * `plan refuses 0000:04:00.0 or 0000:05:00.0 without it`, painted: the cards whose passing
+ * without this member `plan` refuses (`group-contains-host-critical`, which says why); `""` for a
+ * member none takes along. Short, as a table fitted to a terminal cuts the names for the notes.
+ */
+function alongNote(along: TakenAlong | undefined, paint: ReturnType<typeof painter>): string {
+  if (along === undefined) return "";
+  return paint("red", `plan refuses ${along.by.join(" or ")} without it`);
 }
 
 /**

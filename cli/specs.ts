@@ -75,7 +75,9 @@ export const GROUPS = {
   about: `
 Lists IOMMU groups (or the groups numbered GROUP): a group passes to a guest as a whole (bridges
 excepted). Groups holding devices the host needs (platform functions, its disks, its network)
-are marked host-critical on each of their rows, as 'plan' judges them.`.trim(),
+are marked host-critical on each of their rows, as 'plan' judges them, and so are groups of
+several cards each of which would take another's storage, network, display or USB controller
+along; notes name the cards whose passing 'plan' refuses without such a controller.`.trim(),
   notes: JSON_KEYS_NOTE,
 } as const satisfies CommandSpec;
 

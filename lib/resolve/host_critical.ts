@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { HostUse, PciDevice } from "../host/types.ts";
+import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
@@ -132,6 +132,60 @@ export function hostCriticalOnItsOwn(
   // An SR-IOV PF too while the host uses one of its VFs, as `plan` refuses it.
   return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse }) ??
     virtualFunctionInUse(device, host.hostUse);
+}
+
+/** A group member that a rule passing another card of its group without it takes along. */
+export interface TakenAlong {
+  /** Why `plan` refuses that ({@link hostCriticalReason}): `USB controller in another slot`. */
+  reason: string;
+  /** The first function of each card whose passing takes it along. */
+  by: PciAddress[];
+}
+
+/**
+ * What a listing can say of one IOMMU group's `members` beyond {@link hostCriticalOnItsOwn}: the
+ * storage, network, display and USB controllers that passing another card of the group without
+ * them takes along, which `plan` refuses as the host's (`group-contains-host-critical`), and
+ * whether every card of the group takes another's along (`noCardAlone`), so none passes alone.
+ * Bridges stay with the host and count as no card.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const nic = { address: "0000:05:00.0", vendorId: "10ec", classCode: "020000", isBridge: false };
+ * const gpu = { address: "0000:04:00.0", vendorId: "1002", classCode: "030000", isBridge: false };
+ * const { along, noCardAlone } = takenAlong([gpu, nic]);
+ * assertEquals(along.get(nic.address), { reason: "network controller in another slot", by: [gpu.address] });
+ * assertEquals(noCardAlone, true);
+ * ```
+ */
+export function takenAlong(
+  members: readonly Pick<
+    PciDevice,
+    "address" | "vendorId" | "classCode" | "rootBus" | "isBridge"
+  >[],
+): { along: Map<PciAddress, TakenAlong>; noCardAlone: boolean } {
+  const endpoints = members.filter((d) => !d.isBridge);
+  // Each card by its first function, as a rule matching it would take it.
+  const cards = new Map<string, PciAddress>();
+  for (const d of endpoints) if (!cards.has(cardOf(d))) cards.set(cardOf(d), d.address);
+  const along = new Map<PciAddress, TakenAlong>();
+  const refused = new Set<string>();
+  for (const d of endpoints) {
+    const alone = { matchedCards: new Set([cardOf(d)]), hostUse: [] };
+    // A platform function is the host's whoever is passed: hostCriticalOnItsOwn says so.
+    if (hostCriticalReason(d, alone) !== null) continue;
+    for (const [card, first] of cards) {
+      if (card === cardOf(d)) continue;
+      const reason = hostCriticalReason(d, { matchedCards: new Set([card]), hostUse: [] });
+      if (reason === null) continue;
+      refused.add(card);
+      const entry = along.get(d.address) ?? { reason, by: [] };
+      entry.by.push(first);
+      along.set(d.address, entry);
+    }
+  }
+  return { along, noCardAlone: cards.size > 1 && refused.size === cards.size };
 }
 
 /**

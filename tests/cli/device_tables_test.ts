@@ -38,6 +38,18 @@ const dir = await Deno.makeTempDir({ prefix: "passthrough-tables-" });
 buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
 const HOST = ["--sysfs", `${dir}/sysfs`];
 
+/** Each data row of a table as its cells by column name, cut where the header's names start. */
+function cells(out: string): Record<string, string>[] {
+  const [header, ...lines] = out.trimEnd().split("\n");
+  const starts = [...header!.matchAll(/\S+/g)].map((m) => [m[0], m.index] as const);
+  return lines.map((line) =>
+    Object.fromEntries(starts.map(([name, start], i) => {
+      const end = starts[i + 1]?.[1] ?? line.length;
+      return [name, line.slice(start, end).trim()];
+    }))
+  );
+}
+
 /** The data rows of a table (without its header). */
 function rows(out: string): string[][] {
   return out.trimEnd().split("\n").slice(1).map((line) => line.split(/ {2,}/));
@@ -404,6 +416,64 @@ Deno.test("host-critical in --json agrees with what plan refuses", async () => {
     vm.errors.map((e) => e.code)
   );
   assertOk(codes.includes("group-contains-host-critical"), plan.out);
+});
+
+Deno.test("groups marks a group whose every card takes another's controller along, and names what plan refuses", async () => {
+  // B550: the chipset's USB and SATA, a Radeon and the NIC share group 15; Z690: the PCH's USB
+  // controller shares group 7 with its SRAM, which nobody passes.
+  const trees = { b550: `${dir}/b550`, z690: `${dir}/z690` };
+  for (const [name, file] of [["b550", "b550-aorus-pro"], ["z690", "z690-asus-adl"]] as const) {
+    const host = loadHostDescription(new URL(`../fixtures/hosts/${file}.json`, import.meta.url));
+    buildHostTree({ ...host, host_use: [] }, trees[name]);
+  }
+  const b550 = cells((await run(["groups", "--sysfs", trees.b550, "15", "--wide"])).out);
+  assertEquals(b550.map((r) => `${r.ADDRESS} ${r.STATUS}`), [
+    "0000:02:00.0 host-critical",
+    "0000:02:00.1 host-critical",
+    "0000:02:00.2 host-critical",
+    "0000:03:00.0 host-critical",
+    "0000:03:08.0 host-critical",
+    "0000:04:00.0 host-critical",
+    "0000:04:00.1 host-critical",
+    "0000:05:00.0 host-critical",
+  ]);
+  const notes = (rows: Record<string, string>[], address: string) =>
+    rows.find((r) => r.ADDRESS === address)?.NOTES;
+  assertEquals(
+    notes(b550, "0000:02:00.1"),
+    "plan refuses 0000:04:00.0 or 0000:05:00.0 without it",
+  );
+  assertEquals(
+    notes(b550, "0000:04:00.0"),
+    "plan refuses 0000:02:00.0 or 0000:05:00.0 without it",
+  );
+  // The GPU's audio goes with it: no other card's rule takes an audio function as the host's.
+  assertEquals(notes(b550, "0000:04:00.1"), "");
+  const json = JSON.parse((await run(["groups", "--sysfs", trees.b550, "15", "--json"])).out);
+  assertEquals(json[0].hostCritical, true);
+  // The USB controller passes alone: only passing the SRAM without it is refused.
+  const z690 = cells((await run(["groups", "--sysfs", trees.z690, "7", "--wide"])).out);
+  assertEquals(z690.map((r) => r.STATUS), ["", ""]);
+  assertEquals(notes(z690, "0000:00:14.0"), "plan refuses 0000:00:14.2 without it");
+  // What plan says of the Radeon alone, which `groups 15` now shows.
+  const config = `${dir}/b550.yaml`;
+  await Deno.writeTextFile(
+    config,
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1002:699f" }\n`,
+  );
+  const plan = await run([
+    "plan",
+    "--config",
+    config,
+    "--sysfs",
+    trees.b550,
+    "-c",
+    `test://${DEMO}world.xml`,
+  ]);
+  assertMatch(
+    plan.out,
+    /group-contains-host-critical.*0000:02:00\.0 \(USB controller in another slot\), 0000:02:00\.1 \(storage controller in another slot\), 0000:05:00\.0 \(network controller in another slot\)/,
+  );
 });
 
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
