@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
-import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn, type TakenAlong, takenAlong } from "../lib/resolve/host_critical.ts";
 import { canonicalPciAddress, slotOf } from "../lib/pci/address.ts";
 import { CLASS_NAMES, classPrefixesOf } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
@@ -69,6 +69,16 @@ export function criticalNote(
 ): string {
   if (reason === null || host.hostUse?.some((u) => u.address === device.address)) return "";
   return paint("red", reason);
+}
+
+/**
+ * `plan refuses 0000:04:00.0 or 0000:05:00.0 without it`, painted: the cards whose passing
+ * without this member `plan` refuses (`group-contains-host-critical`, which says why); `""` for a
+ * member none takes along. Short, as a table fitted to a terminal cuts the names for the notes.
+ */
+export function alongNote(along: TakenAlong | undefined, paint: Paint): string {
+  if (along === undefined) return "";
+  return paint("red", `plan refuses ${along.by.join(" or ")} without it`);
 }
 
 /**
@@ -233,8 +243,15 @@ export async function run(
     return 0;
   }
   const twins = sameIds(host.devices, devices);
+  const along = new Map(
+    host.groups.flatMap((g) => [...takenAlong(g.devices).along]),
+  );
   const rows = devices.map((d) => {
-    const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)];
+    const notes = [
+      deviceNotes(d, host, paint, twins),
+      criticalNote(d, host, paint),
+      alongNote(along.get(d.address), paint),
+    ];
     const [address, ...cells] = deviceCells(d);
     return [
       address!,

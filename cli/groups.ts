@@ -15,6 +15,7 @@ import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
 import { followUpCommand } from "../lib/render/shell.ts";
 import {
+  alongNote,
   criticalNote,
   DEVICE_HEADERS,
   deviceCells,
@@ -116,16 +117,6 @@ export async function run(
   io.out(hostUseUnknownNote(host, paint));
   io.out(inconsistencyNotes(host, positionals.length === 0 ? null : groups, paint));
   return 0;
-}
-
-/**
- * `plan refuses 0000:04:00.0 or 0000:05:00.0 without it`, painted: the cards whose passing
- * without this member `plan` refuses (`group-contains-host-critical`, which says why); `""` for a
- * member none takes along. Short, as a table fitted to a terminal cuts the names for the notes.
- */
-function alongNote(along: TakenAlong | undefined, paint: ReturnType<typeof painter>): string {
-  if (along === undefined) return "";
-  return paint("red", `plan refuses ${along.by.join(" or ")} without it`);
 }
 
 /**

@@ -451,6 +451,9 @@ Deno.test("groups marks a group whose every card takes another's controller alon
   assertEquals(notes(b550, "0000:04:00.1"), "");
   const json = JSON.parse((await run(["groups", "--sysfs", trees.b550, "15", "--json"])).out);
   assertEquals(json[0].hostCritical, true);
+  // devices notes it as groups does.
+  const devices = cells((await run(["devices", "--sysfs", trees.b550, "04:00", "--wide"])).out);
+  assertEquals(devices.map((r) => r.NOTES), [notes(b550, "0000:04:00.0"), ""]);
   // The USB controller passes alone: only passing the SRAM without it is refused.
   const z690 = cells((await run(["groups", "--sysfs", trees.z690, "7", "--wide"])).out);
   assertEquals(z690.map((r) => r.STATUS), ["", ""]);
