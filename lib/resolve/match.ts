@@ -539,7 +539,7 @@ function tooFewIssue(
     code: "no-match",
     message: `Rule "${rule.name}" of VM "${rule.vm}" ${what} (${
       describeCriteria(rule.match)
-    })${closest}${unknown}`,
+    })${closest}${unknown}${noSlotsNote(rule, host)}`,
     ...ruleBase(rule),
     candidates: candidates.map(toCandidate),
   };
@@ -569,14 +569,30 @@ function serialUnread(device: PciDevice): boolean {
  * than root) is unknown, not another one: saying it differs sent users to fix a correct serial.
  */
 function whyNot(device: PciDevice, failed: readonly string[], host: HostTopology): string {
-  const differ = serialUnread(device) ? failed.filter((key) => key !== "serial") : failed;
+  // A device in no named slot has no slot name to differ: "slot differs" sent users to respell
+  // a slot name the firmware never gave.
+  const slotless = device.physicalSlot === null && failed.includes("slot");
+  const differ = failed.filter((key) =>
+    !(key === "serial" && serialUnread(device)) && !(key === "slot" && slotless)
+  );
   const parts = differ.length > 0
     ? [`${differ.join(", ")} ${differ.length === 1 ? "differs" : "differ"}`]
     : [];
-  if (differ.length < failed.length) {
+  if (slotless) parts.push("in no named slot");
+  if (failed.includes("serial") && serialUnread(device)) {
     parts.push(`serial unknown: ${unreadSerial(1, host)}`);
   }
   return parts.join("; ");
+}
+
+/**
+ * For a rule naming a `slot` on a host whose firmware names none (no `bus/pci/slots` entry, as on
+ * most desktop boards without a hot-plug driver): the keys left to tell cards apart; `""` where
+ * the rule names no slot or the host names some.
+ */
+function noSlotsNote(rule: DeviceRule, host: HostTopology): string {
+  if (rule.match.slot === undefined || host.devices.some((d) => d.physicalSlot !== null)) return "";
+  return `: the firmware names no physical slot on this host ('passthrough devices' shows none): tell the cards apart with "serial", or with "address"`;
 }
 
 /** `ambiguous`: the functions of one card, split by the host into more groups than taken. */

@@ -225,6 +225,31 @@ Deno.test("resolveRule() reports no-match with the nearest devices and what diff
   );
 });
 
+Deno.test("resolveRule(): a slot rule on a host whose firmware names no slot says so, not that the slot differs", () => {
+  // None of the real hosts' listings has a slot: a name from the board's manual matches nothing.
+  const result = resolveRule(
+    rule('match: { class: vga, slot: "PCIE1" }'),
+    realHost("x570-aorus-pro-wifi"),
+  );
+  assertEquals(result.issue?.code, "no-match");
+  assertEquals(
+    result.issue?.message,
+    'Rule "vga-slot-PCIE1" of VM "vm" matches no device (class "vga", slot "PCIE1"): closest are 0000:0b:00.0 (in no named slot), 0000:0c:00.0 (in no named slot): the firmware names no physical slot on this host (\'passthrough devices\' shows none): tell the cards apart with "serial", or with "address"',
+  );
+  // Where some slot is named, a device in none is said to be in none, and no host-wide note.
+  const host = topologyFromDescription({
+    devices: [
+      dev({ bdf: "0000:01:00.0", group: 1, slot: "2" }),
+      dev({ bdf: "0000:02:00.0", group: 2 }),
+    ],
+  }, { source: "t" });
+  const named = resolveRule(rule('match: { class: vga, slot: "PCIE1" }'), host);
+  assertEquals(
+    named.issue?.message,
+    'Rule "vga-slot-PCIE1" of VM "vm" matches no device (class "vga", slot "PCIE1"): closest are 0000:01:00.0 (slot differs), 0000:02:00.0 (in no named slot)',
+  );
+});
+
 Deno.test("resolveRule() with count takes that many groups and refuses fewer", () => {
   const x570 = realHost("x570-aorus-pro-wifi");
   const two = resolveRule(rule('match: { vendor_device_id: "1022:149c" }\n        count: 2'), x570);
