@@ -957,28 +957,43 @@ function regenerate(sources: readonly string[]): string {
   return steps.join(" and ");
 }
 
-/** GPUs whose host driver has users: libvirt's detach of them would hang. */
+/**
+ * GPUs whose host driver has users: libvirt's detach of them would hang. A GPU the host uses (its
+ * console) is left out and named so: its users are the host's own, and the hint to bind it to
+ * vfio-pci at boot would take the host's console away; `plan` refuses passing it as the host's.
+ */
 function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | null {
   const gpus = host.devices.filter((d) =>
     d.classCode.startsWith("03") && d.driver !== null && d.driver !== "vfio-pci"
   );
   if (gpus.length === 0) return null;
-  const busy = gpus.flatMap((d) => {
-    const users = driverUsers(d, facts);
-    return users.length === 0 ? [] : [`${d.address} (${d.driver}: ${users.join("; ")})`];
+  const users = new Map(gpus.map((d) => [d, driverUsers(d, facts)]));
+  const used = gpus.filter((d) => users.get(d)!.length > 0);
+  const useOf = (d: PciDevice) => host.hostUse?.find((u) => u.address === d.address);
+  const busy = used.filter((d) => useOf(d) === undefined);
+  const own = used.filter((d) => useOf(d) !== undefined).map((d) => {
+    const use = useOf(d)!;
+    return `${d.address} left out: the host uses it (${use.reason}: ${use.detail}), its drivers' users are the host's own`;
   });
   if (busy.length === 0) {
+    const quiet = gpus.filter((d) => !used.includes(d));
+    const none = quiet.length === 0
+      ? []
+      : [`No user seen on the host drivers of ${quiet.map((d) => d.address).join(", ")}`];
     return {
       check: "host-driver-busy",
       status: "ok",
-      summary: `No user seen on the host drivers of ${gpus.map((d) => d.address).join(", ")}`,
+      summary: [...none, ...own].join("; "),
       hint: null,
     };
   }
   return {
     check: "host-driver-busy",
     status: "warn",
-    summary: `GPU host drivers in use: ${busy.join("; ")}`,
+    summary: `GPU host drivers in use: ${
+      [...busy.map((d) => `${d.address} (${d.driver}: ${users.get(d)!.join("; ")})`), ...own]
+        .join("; ")
+    }`,
     hint:
       "Passing such a GPU hangs libvirt's detach: stop its users first, or bind it to vfio-pci at boot (`plan` names a vfio-pci.ids= entry when one takes no device the host keeps)",
   };

@@ -9,6 +9,7 @@ import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type DoctorFinding, runDoctor } from "../../lib/host/doctor.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { described, withHost } from "../preflight/trees.ts";
+import type { HostUse } from "../../lib/host/types.ts";
 
 function byCheck(findings: DoctorFinding[], check: string): DoctorFinding | undefined {
   return findings.find((f) => f.check === check);
@@ -48,6 +49,61 @@ Deno.test("doctor: boot VGA held by BOOTFB, nvidia busy, devices without a reset
     // 0b:00.0 resets only by bus, but its bus holds nothing but its own audio function, in its
     // IOMMU group: the reset touches nothing that is not passed with it.
     assertEquals(byCheck(findings, "reset")?.status, "ok");
+  });
+});
+
+Deno.test("doctor: a busy GPU the host uses is named as the host's, not one to bind to vfio-pci at boot", async () => {
+  // A dual-GPU desktop: the GTX 1080 Ti is the host's console (fbcon, Xorg), the GT 710 the
+  // guest's, which a game still holds.
+  const console = {
+    address: "0000:0b:00.0",
+    reason: "console-vga",
+    detail: "boot_vga=1 with fbcon",
+  };
+  const host = (guestBusy: boolean) =>
+    described("x570-aorus-pro-wifi", {
+      devices: {
+        "0000:0b:00.0": {
+          boot_vga: true,
+          driver: "nvidia",
+          console: true,
+          drm: { card: 0, clients: [{ command: "Xorg", pid: 812 }] },
+        },
+        "0000:0c:00.0": {
+          driver: "nouveau",
+          drm: guestBusy ? { card: 1, clients: [{ command: "steam", pid: 900 }] } : null,
+        },
+      },
+      host: {
+        host_use: [console as HostUse],
+        proc: { modules: "nvidia 56807424 0 - Live 0x0\nnouveau 2 0 - Live 0x0\n" },
+      },
+    });
+  await withHost(host(true), ({ host, facts }) => {
+    const busy = byCheck(
+      runDoctor({ host, reader: denoFsReader(), live: false, facts }),
+      "host-driver-busy",
+    );
+    assertEquals(busy?.status, "warn");
+    assertEquals(
+      busy?.summary,
+      "GPU host drivers in use: 0000:0c:00.0 (nouveau: its device nodes are open in steam (pid 900)); 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its drivers' users are the host's own",
+    );
+  });
+  // Only the host's GPU busy: nothing to do before passing the other.
+  await withHost(host(false), ({ host, facts }) => {
+    const busy = byCheck(
+      runDoctor({ host, reader: denoFsReader(), live: false, facts }),
+      "host-driver-busy",
+    );
+    assertEquals(
+      [busy?.status, busy?.summary, busy?.hint],
+      [
+        "ok",
+        "No user seen on the host drivers of 0000:0c:00.0; 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its drivers' users are the host's own",
+        null,
+      ],
+    );
   });
 });
 
