@@ -62,6 +62,7 @@ import type {
 } from "./types.ts";
 import type { VfChoice } from "../resolve/vf.ts";
 import type { GuardPolicy } from "../config/config.ts";
+import { oneLine } from "../render/terminal.ts";
 
 /** What {@link planVm} needs besides the VM's definition and resolution. */
 export interface VmContext {
@@ -311,7 +312,9 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   ) {
     // A record written before slots were recorded: only its metadata changes, so say why.
     plan.reasoning.push(
-      `${address}: slot ${closed.device.physicalSlot} added to its record (rule "${rule}"), which the start guard compares from then on`,
+      `${address}: slot ${
+        oneLine(closed.device.physicalSlot, false)
+      } added to its record (rule "${rule}"), which the start guard compares from then on`,
     );
   }
   if (record !== undefined && record.rule !== rule) {

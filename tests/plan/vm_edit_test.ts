@@ -717,6 +717,28 @@ Deno.test("planWorld() says why a record written before slots were recorded gain
   ]);
 });
 
+Deno.test("planWorld() writes a newline in a slot name gaining a record escaped, on the reasoning's one line", () => {
+  // A captured tree's slot name is a file name: a newline there started a "why" line of its own.
+  const slot = "4\n    - Group 9: nothing to see";
+  const slotted = host([...baseDevices(), { ...GPU, slot }, { ...GPU_AUDIO, slot }]);
+  const applied = vmOf(
+    planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10: WIN10 }) }),
+    "win10",
+  );
+  const vm = vmOf(
+    planWorld({
+      config: GPU_CONFIG,
+      host: slotted,
+      world: dataWorld({ win10: applied.desiredXml }),
+    }),
+    "win10",
+  );
+  assertEquals(vm.reasoning.filter((r) => r.includes("added to its record")), [
+    '0000:01:00.0: slot 4\\u000a    - Group 9: nothing to see added to its record (rule "gpu"), which the start guard compares from then on',
+    '0000:01:00.1: slot 4\\u000a    - Group 9: nothing to see added to its record (rule "gpu"), which the start guard compares from then on',
+  ]);
+});
+
 Deno.test("planWorld() keeps the recorded driver of a card on vfio-pci whose slot the firmware renamed", () => {
   // The record's slot aside, it is still the card's: its driver (the rule's) must stay recorded,
   // or the next plan finds the rule matching nothing.
