@@ -672,7 +672,8 @@ function keepHeld(
   records: readonly DeviceIdentity[],
 ): string {
   if (rule.count !== 1) return "";
-  const held = units.filter((u) => u.devices.some((d) => recordOf(d, records)?.rule === rule.name));
+  const mine = records.filter((r) => r.rule === rule.name);
+  const held = units.filter((u) => u.devices.some((d) => mine.some((r) => holds(r, d, units))));
   if (held.length !== 1) return "";
   const unit = held[0]!;
   const others = units.filter((u) => u !== unit).flatMap((u) => u.devices);
@@ -695,6 +696,21 @@ function keepHeld(
     break;
   }
   return `; "${rule.vm}" holds ${address} now: add ${key} to the rule to keep it`;
+}
+
+/**
+ * Whether `record` names `device` among the cards `units` hold, by the evidence a move is proven
+ * with (`findMovedCard`): its serial, else its IDs in the slot it was recorded in, else its IDs at
+ * its address. The address alone misled: a card added before the VM's on the bus takes its
+ * address, and the key offered to keep the VM's card named the new card's slot.
+ */
+function holds(record: DeviceIdentity, device: PciDevice, units: readonly MatchUnit[]): boolean {
+  const { slot, ...card } = record;
+  if (!sameIdentity(card, device)) return false;
+  if (record.serial !== null) return true;
+  const inSlot = slot !== undefined &&
+    units.some((u) => u.devices.some((d) => sameIdentity(record, d)));
+  return inSlot ? device.physicalSlot === slot : device.address === record.address;
 }
 
 /**

@@ -207,6 +207,36 @@ Deno.test("planHostdevs(): a second card like the one a rule took says which key
   });
 });
 
+Deno.test("planHostdevs(): the key that keeps the VM's card names the recorded slot when a second card took its address", async () => {
+  const before = host([...baseDevices(), ...gpuInSlot("PCIE1", "01", 1)]);
+  // The new card sits before the VM's on the bus: it takes 01:00.0, the VM's card moves to 0b.
+  const after = host([
+    ...baseDevices(),
+    ...gpuInSlot("PCIE2", "01", 1),
+    ...gpuInSlot("PCIE1", "0b", 7),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: gpuRule(""), host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: gpuRule(""), host: after, libvirt }), "win10");
+    // Before: `holds 0000:01:00.0 now: add slot: "PCIE2"`, the new card's slot.
+    assertMatch(
+      vm.errors.find((e) => e.code === "ambiguous")?.message ?? "",
+      /; "win10" holds 0000:0b:00\.0 now: add slot: "PCIE1" to the rule to keep it$/,
+    );
+    const kept = vmOf(
+      planHostdevs({ config: gpuRule(', slot: "PCIE1"'), host: after, libvirt }),
+      "win10",
+    );
+    assertEquals(kept.errors, []);
+    assertEquals(kept.move.map((m) => [m.from, m.to]), [
+      ["0000:01:00.0", "0000:0b:00.0"],
+      ["0000:01:00.1", "0000:0b:00.1"],
+    ]);
+  });
+});
+
 Deno.test("planHostdevs(): the slot key that keeps the VM's card is YAML that reads back as its slot, quotes and backslashes included", async () => {
   for (const slot of ['SLOT "6"', "C:\\6"]) {
     const before = host([...baseDevices(), ...gpuInSlot(slot, "01", 1)]);
