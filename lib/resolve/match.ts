@@ -328,6 +328,8 @@ export interface RuleResolution {
 }
 
 const SEPARATORS: readonly (readonly [string, (d: PciDevice) => string | null])[] = [
+  // Two models a class or vendor matched: their IDs name each wherever it sits.
+  ['"vendor_device_id"', (d) => `${d.vendorId}:${d.deviceId}`],
   [
     '"subsystem_vendor_id" and "subsystem_device_id"',
     (d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`,
@@ -663,8 +665,8 @@ function ambiguousIssue(
 /**
  * `; "vm" holds 0000:01:00.0 now: add slot: "PCIE1" to keep it`: when a second card like the one
  * a one-card rule took appears, the key that keeps the VM's own card, so the rule need not be
- * worked out from the candidates. The most stable key naming that card alone: its subsystem,
- * serial or slot, else its address.
+ * worked out from the candidates. The most stable key naming that card alone: its IDs (a rule by
+ * class or vendor), subsystem, serial or slot, else its address.
  */
 function keepHeld(
   rule: DeviceRule,
@@ -678,6 +680,7 @@ function keepHeld(
   const unit = held[0]!;
   const others = units.filter((u) => u !== unit).flatMap((u) => u.devices);
   const keys: readonly (readonly [(d: PciDevice) => string | null, (v: string) => string])[] = [
+    [(d) => `${d.vendorId}:${d.deviceId}`, (v) => `vendor_device_id: "${v}"`],
     [(d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`, (
       v,
     ) => `subsystem_vendor_id: "${v.split(":")[0]}", subsystem_device_id: "${v.split(":")[1]}"`],

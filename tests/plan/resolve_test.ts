@@ -237,6 +237,34 @@ Deno.test("planHostdevs(): the key that keeps the VM's card names the recorded s
   });
 });
 
+Deno.test("planHostdevs(): a GPU of another model beside the one a class rule took is told apart by the IDs, which then plan no change", async () => {
+  const classRule = (extra: string) =>
+    config(`  win10:\n    devices:\n      - name: gpu\n        match: { class: vga${extra} }\n`);
+  const before = host([...baseDevices(), GPU]);
+  const after = host([...baseDevices(), GPU, {
+    ...GPU,
+    bdf: "0000:0b:00.0",
+    device: "0x2704",
+    group: 7,
+  }]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: classRule(""), host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: classRule(""), host: after, libvirt }), "win10");
+    // Before: `add address: "0000:01:00.0"`, which a card added before it on the bus takes.
+    assertMatch(
+      vm.errors[0]?.message ?? "",
+      /; "win10" holds 0000:01:00\.0 now: add vendor_device_id: "10de:2684" to the rule to keep it$/,
+    );
+    const kept = vmOf(
+      planHostdevs({ config: classRule(', vendor_device_id: "10de:2684"'), host: after, libvirt }),
+      "win10",
+    );
+    assertEquals([kept.errors, kept.changed], [[], false]);
+  });
+});
+
 Deno.test("planHostdevs(): the slot key that keeps the VM's card is YAML that reads back as its slot, quotes and backslashes included", async () => {
   for (const slot of ['SLOT "6"', "C:\\6"]) {
     const before = host([...baseDevices(), ...gpuInSlot(slot, "01", 1)]);

@@ -490,6 +490,24 @@ Deno.test('resolveRule() takes a Thunderbolt 4 NHI by "class: thunderbolt"', asy
   assertEquals(usb.devices.map((d) => d.address), ["0000:0d:00.0"]);
 });
 
+Deno.test("resolveRule() of two GPU models a class rule matches names their IDs, which then take the one named", () => {
+  // The X570 host's GTX 1080 Ti and GT 710: IDs tell them apart wherever they sit.
+  const x570 = realHost("x570-aorus-pro-wifi");
+  const vga = resolveRule(rule("match: { class: vga }"), x570);
+  assertMatch(
+    vga.issue?.message ?? "",
+    /: narrow it with "vendor_device_id", or with "address", or take them all with "all: true"$/,
+  );
+  // With their audio functions matched too: each card's IDs are its own.
+  const nvidia = resolveRule(rule('match: { vendor_id: "10de" }'), x570);
+  assertMatch(
+    nvidia.issue?.message ?? "",
+    /: narrow it with "vendor_device_id", or with "address"/,
+  );
+  const named = resolveRule(rule('match: { class: vga, vendor_device_id: "10de:128b" }'), x570);
+  assertEquals([named.issue, named.devices.map((d) => d.address)], [null, ["0000:0c:00.0"]]);
+});
+
 Deno.test("resolveRule() of twins told apart by the address alone offers the slot or serial that names one of them alone, which then resolves to it", () => {
   const twins = host([
     dev({ bdf: "0000:0a:00.0", group: 20, slot: "SLOT1", flr: true }),
