@@ -666,7 +666,7 @@ function ambiguousIssue(
  * `; "vm" holds 0000:01:00.0 now: add slot: "PCIE1" to keep it`: when a second card like the one
  * a one-card rule took appears, the key that keeps the VM's own card, so the rule need not be
  * worked out from the candidates. The most stable key naming that card alone: its IDs (a rule by
- * class or vendor), subsystem, serial or slot, else its address.
+ * class or vendor), subsystem, serial or slot, else its address, said to be known by that alone.
  */
 function keepHeld(
   rule: DeviceRule,
@@ -689,16 +689,16 @@ function keepHeld(
     [(d) => d.physicalSlot, (v) => `slot: ${JSON.stringify(v)}`],
   ];
   const address = unit.devices[0]!.address;
-  let key = `address: "${address}"`;
   for (const [value, written] of keys) {
     // Functions without the value (a serial on function 0 alone) come with the card's group.
     const seen = new Set(unit.devices.map(value).filter((v) => v !== null));
     const v = seen.size === 1 ? [...seen][0] : undefined;
     if (v === undefined || others.some((d) => value(d) === v)) continue;
-    key = written(v);
-    break;
+    return `; "${rule.vm}" holds ${address} now: add ${written(v)} to the rule to keep it`;
   }
-  return `; "${rule.vm}" holds ${address} now: add ${key} to the rule to keep it`;
+  // No serial or slot of its own: the VM's card was known by its address alone (see `holds`),
+  // which the new card took if it went in before it on the bus. Only the user can tell.
+  return `; "${rule.vm}" holds ${address} now, as far as its address tells: add address: "${address}" to the rule to keep it once you know it is the VM's card (nothing else tells these cards apart, and a card added before it on the bus takes its address)`;
 }
 
 /**

@@ -265,6 +265,31 @@ Deno.test("planHostdevs(): a GPU of another model beside the one a class rule to
   });
 });
 
+Deno.test("planHostdevs(): a twin told apart by nothing but the address is offered as the VM's card with the caveat that the address alone says so", async () => {
+  const twin = (bus: string, group: number) =>
+    [GPU, GPU_AUDIO].map((d) => ({
+      ...d,
+      bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
+      group,
+      serial: null,
+      flr: true,
+    }));
+  const before = host([...baseDevices(), ...twin("01", 1)]);
+  // Whether the new card went in before or after the VM's, the host looks the same.
+  const after = host([...baseDevices(), ...twin("01", 1), ...twin("0b", 7)]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: gpuRule(""), host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: gpuRule(""), host: after, libvirt }), "win10");
+    // Before: `holds 0000:01:00.0 now: add address: "0000:01:00.0" to the rule to keep it`.
+    assertMatch(
+      vm.errors[0]?.message ?? "",
+      /; "win10" holds 0000:01:00\.0 now, as far as its address tells: add address: "0000:01:00\.0" to the rule to keep it once you know it is the VM's card \(nothing else tells these cards apart, and a card added before it on the bus takes its address\)$/,
+    );
+  });
+});
+
 Deno.test("planHostdevs(): the slot key that keeps the VM's card is YAML that reads back as its slot, quotes and backslashes included", async () => {
   for (const slot of ['SLOT "6"', "C:\\6"]) {
     const before = host([...baseDevices(), ...gpuInSlot(slot, "01", 1)]);
