@@ -513,7 +513,7 @@ function tooFewIssue(
     .filter((s) => s.failed.length > 0);
   const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
   const best = Math.min(...scored.map((s) => s.failed.length));
-  const near = units > 0 ? [] : scored.filter((s) => s.failed.length === best && best < total);
+  const near = units > 0 ? [] : closestOf(scored, { best, total, criteria: rule.match });
   const nearest = near.slice(0, NEAREST_SHOWN);
   const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
   const groups = groupCount(found.units);
@@ -545,6 +545,23 @@ function tooFewIssue(
     ...ruleBase(rule),
     candidates: candidates.map(toCandidate),
   };
+}
+
+/**
+ * The devices failing the fewest criteria, where that is not all of them. A rule by `class`
+ * alone fails every other device equally, so those of its base class stand in (a laptop's dGPU,
+ * a 3D controller, to `class: vga`): told nothing, users took it that the host had no GPU.
+ */
+function closestOf<T extends { d: PciDevice; failed: string[] }>(
+  scored: readonly T[],
+  found: { best: number; total: number; criteria: MatchCriteria },
+): T[] {
+  const { best, total, criteria } = found;
+  if (best < total) return scored.filter((s) => s.failed.length === best);
+  const bases = (criteria.classPrefixes ?? []).map((p) => p.slice(0, 2));
+  return scored.filter((s) =>
+    s.failed.join() === "class" && bases.includes(s.d.classCode.slice(0, 2))
+  );
 }
 
 /**

@@ -379,6 +379,25 @@ Deno.test("resolveRule() tells a 3D controller from a VGA controller by class na
   );
 });
 
+Deno.test("resolveRule() of a class rule alone that matches nothing offers the devices of its base class, as a laptop's 3D controller to class: vga", () => {
+  const laptop = realHost("laptop-hm87-gtx765m");
+  const vga = resolveRule(rule("match: { class: vga }"), laptop);
+  // Before: `matches no device (class "vga")`, with no device named.
+  assertEquals(vga.issue?.candidates?.map((c) => [c.address, c.classCode]), [
+    ["0000:01:00.0", "030200"],
+  ]);
+  assertMatch(
+    vga.issue?.message ?? "",
+    /^Rule "vga" of VM "vm" matches no device \(class "vga"\): closest is 0000:01:00\.0 \(class differs\)$/,
+  );
+  // Nothing of the base class: nothing to offer.
+  const crypto = resolveRule(rule("match: { class: crypto }"), laptop);
+  assertEquals(
+    crypto.issue?.message,
+    'Rule "crypto" of VM "vm" matches no device (class "crypto")',
+  );
+});
+
 Deno.test("resolveRule() matches by driver and by NUMA node", () => {
   const trx40 = realHost("trx40-creator");
   const byDriver = resolveRule(rule("match: { driver: nvme }"), trx40);
