@@ -548,9 +548,10 @@ function tooFewIssue(
 }
 
 /**
- * The devices failing the fewest criteria, where that is not all of them. A rule by `class`
- * alone fails every other device equally, so those of its base class stand in (a laptop's dGPU,
- * a 3D controller, to `class: vga`): told nothing, users took it that the host had no GPU.
+ * The devices failing the fewest criteria, where that is not all of them. A rule by `class` or
+ * `driver` alone fails every other device equally, so those of its base class (a laptop's dGPU,
+ * a 3D controller, to `class: vga`) or that its driver could take (a GPU `vfio-pci` holds from
+ * boot, to `driver: nvidia`) stand in: told nothing, users took it that the host had no GPU.
  */
 function closestOf<T extends { d: PciDevice; failed: string[] }>(
   scored: readonly T[],
@@ -560,7 +561,9 @@ function closestOf<T extends { d: PciDevice; failed: string[] }>(
   if (best < total) return scored.filter((s) => s.failed.length === best);
   const bases = (criteria.classPrefixes ?? []).map((p) => p.slice(0, 2));
   return scored.filter((s) =>
-    s.failed.join() === "class" && bases.includes(s.d.classCode.slice(0, 2))
+    s.failed.join() === "class"
+      ? bases.includes(s.d.classCode.slice(0, 2))
+      : s.failed.join() === "driver" && s.d.modules.includes(criteria.driver!)
   );
 }
 

@@ -398,6 +398,22 @@ Deno.test("resolveRule() of a class rule alone that matches nothing offers the d
   );
 });
 
+Deno.test("resolveRule() of a driver rule alone that matches nothing offers the devices that driver could take, as a GPU vfio-pci holds from boot", () => {
+  const held = host([
+    dev({ bdf: "0000:01:00.0", group: 1, driver: "vfio-pci", modules: ["nouveau", "nvidia"] }),
+    dev({ bdf: "0000:02:00.0", group: 2, class: "0x010802", device: "0xa808", driver: "nvme" }),
+  ]);
+  const nvidia = resolveRule(rule("match: { driver: nvidia }"), held);
+  // Before: `matches no device (driver "nvidia")`, with no device named.
+  assertEquals(nvidia.issue?.candidates?.map((c) => [c.address, c.driver]), [
+    ["0000:01:00.0", "vfio-pci"],
+  ]);
+  assertMatch(
+    nvidia.issue?.message ?? "",
+    /^Rule "nvidia" of VM "vm" matches no device \(driver "nvidia"\): closest is 0000:01:00\.0 \(driver differs\)$/,
+  );
+});
+
 Deno.test("resolveRule() matches by driver and by NUMA node", () => {
   const trx40 = realHost("trx40-creator");
   const byDriver = resolveRule(rule("match: { driver: nvme }"), trx40);
