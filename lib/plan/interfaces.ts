@@ -17,7 +17,7 @@ import {
   VFIO_DRIVERS,
 } from "../resolve/match.ts";
 import { type VfChoice, virtualFunctions } from "../resolve/vf.ts";
-import { describe } from "./issues.ts";
+import { describe, describeIdentity } from "./issues.ts";
 import type { DeviceIdentity, HostdevSpec, InterfaceSpec, PlanIssue, VfIdentity } from "./types.ts";
 
 /** The interface settings a VF choice is written with. */
@@ -112,7 +112,10 @@ export function releasedInterfaces(
       c.index === record.index && c.pf.address !== record.pf.address &&
       sameIdentity(record.pf, c.pf)
     );
-    if (now === undefined) continue;
+    if (now === undefined) {
+      out.notes.push(interfaceDriftWarning(vm, record, there, "it is removed"));
+      continue;
+    }
     const rule = record.pf.rule;
     out.notes.push({
       code: "moved",
@@ -129,6 +132,33 @@ export function releasedInterfaces(
     out.moved.push({ from: nic.address, to: now.vf.address });
   }
   return out;
+}
+
+/**
+ * A `drift` warning for an owned interface whose recorded PF's address now holds another card, or
+ * nothing, as `driftWarning` says it of a hostdev: the VM's VF is then one of another NIC, which
+ * may be cabled to another network, and the plan went on without a word of it.
+ */
+export function interfaceDriftWarning(
+  vm: string,
+  record: VfIdentity,
+  pf: PciDevice | undefined,
+  outcome: string,
+): PlanIssue {
+  const at = record.pf.address;
+  // The slot the card there sits in, where the record holds one to compare.
+  const slot = record.pf.slot === undefined ? {} : { slot: pf?.physicalSlot ?? null };
+  const holds = pf === undefined ? "nothing" : describeIdentity({ ...pf, driver: null, ...slot });
+  return {
+    code: "drift",
+    message:
+      `Interface ${record.address} of "${vm}" (rule "${record.pf.rule}") was recorded as VF ${record.index} of ${
+        describeIdentity({ ...record.pf, driver: null })
+      } at ${at} but ${at} now holds ${holds}: ${outcome}`,
+    vm,
+    rule: record.pf.rule,
+    devices: [record.address],
+  };
 }
 
 /**

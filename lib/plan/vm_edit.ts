@@ -45,6 +45,7 @@ import type { HostFacts } from "../host/preflight.ts";
 import { type NetworkPool, poolEntryErrors } from "./networks.ts";
 import {
   interfaceChanged,
+  interfaceDriftWarning,
   interfaceSpecOf,
   ownedInterface,
   releasedInterfaces,
@@ -394,6 +395,15 @@ function takeWanted(edit: Edit, context: VmContext): void {
     };
     if (choice !== undefined && (nic !== undefined || have?.owned === true)) {
       // Our interface, kept or rewritten; or our hostdev of a VF a `vf:` rule now takes.
+      const was = domain.vfRecords.find((r) => r.address === address);
+      if (
+        nic !== undefined && was !== undefined && was.pf.address === choice.pf.address &&
+        !sameIdentityAsRead(was.pf, choice.pf)
+      ) {
+        const outcome =
+          `rule "${closed.rule.name}" matches the new device, so it stays and its record is updated`;
+        plan.warnings.push(interfaceDriftWarning(plan.name, was, choice.pf, outcome));
+      }
       edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
       if (nic === undefined) rewrite("hostdev now taken as an interface");
       else if (interfaceChanged(nic, specOf(edit, closed))) rewrite("interface changed");

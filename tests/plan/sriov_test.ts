@@ -276,6 +276,40 @@ Deno.test("vf: only a PF that left its address for another with its identity is 
   assertEquals(moved(otherIndex), []);
 });
 
+Deno.test("vf: a PF replaced at its address by another card of its model is drift, as a hostdev's card is", () => {
+  const byAddress = (vf: string) =>
+    config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", address: "07:00.0" }
+        vf: ${vf}
+`);
+  // Another NIC of the model in the slot: its own serial, VFs at the same addresses.
+  const other = topologyFromDescription({
+    devices: sriovNic("07", 4, { serial: "00-1b-21-ff-ff-00-00-01" }),
+  }, { source: "sriov-test" });
+  const recorded =
+    /^Interface 0000:07:10\.2 of "a" \(rule "uplink"\) was recorded as VF 1 of 8086:10c9 \(subsystem 8086:a03c, class 020000, serial 00-1b-21-ff-ff-a0-b1-c2\) at 0000:07:00\.0 but 0000:07:00\.0 now holds 8086:10c9 \(subsystem 8086:a03c, class 020000, serial 00-1b-21-ff-ff-00-00-01\): /;
+  // Before: the record was rewritten, or the interface replaced, with no word of another card.
+  const first = plan(byAddress("1"), sriovHost("07"), { a: A });
+  const kept = vmOf(plan(byAddress("1"), other, applied(first)), "a");
+  const keptDrift = kept.warnings.filter((w) => w.code === "drift").map((w) => w.message);
+  assertEquals(keptDrift.length, 1, keptDrift.join("\n"));
+  assertMatch(keptDrift[0]!, recorded);
+  assertMatch(
+    keptDrift[0]!,
+    /: rule "uplink" matches the new device, so it stays and its record is updated$/,
+  );
+  // With vf: any, the VF it held is no longer the one it holds for the rule: it is removed.
+  const anyFirst = plan(byAddress("any"), sriovHost("07"), { a: A });
+  const anyA = vmOf(plan(byAddress("any"), other, applied(anyFirst)), "a");
+  const removed = anyA.warnings.filter((w) => w.code === "drift").map((w) => w.message);
+  assertEquals(anyA.remove, ["0000:07:10.0"]);
+  assertEquals(removed.length, 1, removed.join("\n"));
+  assertMatch(removed[0]!.replace("07:10.0", "07:10.2").replace("VF 0", "VF 1"), recorded);
+  assertMatch(removed[0]!, /: it is removed$/);
+});
+
 Deno.test("vf: any switched to the other port of a dual-port card takes a free VF, not the record's", () => {
   // The ports share one serial; z holds port 0's VF 0 (07:00.2), so a's record is VF 1 (07:00.3).
   const host = topologyFromDescription(
