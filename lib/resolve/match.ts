@@ -548,10 +548,11 @@ function tooFewIssue(
 }
 
 /**
- * The devices failing the fewest criteria, where that is not all of them. A rule by `class` or
- * `driver` alone fails every other device equally, so those of its base class (a laptop's dGPU,
- * a 3D controller, to `class: vga`) or that its driver could take (a GPU `vfio-pci` holds from
- * boot, to `driver: nvidia`) stand in: told nothing, users took it that the host had no GPU.
+ * The devices failing the fewest criteria, where that is not all of them. A rule by `class`,
+ * `driver` or `slot` alone fails every other device equally, so those of its base class (a
+ * laptop's dGPU, a 3D controller, to `class: vga`), that its driver could take (a GPU `vfio-pci`
+ * holds from boot, to `driver: nvidia`) or in a named slot (a slot name mistyped) stand in: told
+ * nothing, users took it that the host had no such device.
  */
 function closestOf<T extends { d: PciDevice; failed: string[] }>(
   scored: readonly T[],
@@ -560,11 +561,12 @@ function closestOf<T extends { d: PciDevice; failed: string[] }>(
   const { best, total, criteria } = found;
   if (best < total) return scored.filter((s) => s.failed.length === best);
   const bases = (criteria.classPrefixes ?? []).map((p) => p.slice(0, 2));
-  return scored.filter((s) =>
-    s.failed.join() === "class"
-      ? bases.includes(s.d.classCode.slice(0, 2))
-      : s.failed.join() === "driver" && s.d.modules.includes(criteria.driver!)
-  );
+  return scored.filter((s) => {
+    const only = s.failed.join();
+    if (only === "class") return bases.includes(s.d.classCode.slice(0, 2));
+    if (only === "driver") return s.d.modules.includes(criteria.driver!);
+    return only === "slot" && s.d.physicalSlot !== null;
+  });
 }
 
 /**

@@ -414,6 +414,19 @@ Deno.test("resolveRule() of a driver rule alone that matches nothing offers the 
   );
 });
 
+Deno.test("resolveRule() of a slot rule alone that matches nothing offers the devices in named slots", () => {
+  const slotted = host([
+    dev({ bdf: "0000:01:00.0", group: 1, slot: "CPU1 SLOT2 PCI-E 4.0 X16", flr: true }),
+    dev({ bdf: "0000:02:00.0", group: 2, class: "0x010802", device: "0xa808", flr: true }),
+  ]);
+  const typo = resolveRule(rule('match: { slot: "CPU1 SLOT2 PCIE 4.0 X16" }'), slotted);
+  // Before: `matches no device (slot "CPU1 SLOT2 PCIE 4.0 X16")`, with no device named.
+  assertEquals(typo.issue?.candidates?.map((c) => [c.address, c.physicalSlot]), [
+    ["0000:01:00.0", "CPU1 SLOT2 PCI-E 4.0 X16"],
+  ]);
+  assertMatch(typo.issue?.message ?? "", /: closest is 0000:01:00\.0 \(slot differs\)$/);
+});
+
 Deno.test("resolveRule() matches by driver and by NUMA node", () => {
   const trx40 = realHost("trx40-creator");
   const byDriver = resolveRule(rule("match: { driver: nvme }"), trx40);
