@@ -671,11 +671,16 @@ function ambiguousIssue(
   const where = groups === units.length
     ? `in ${units.length} IOMMU groups`
     : `on ${units.length} cards in ${plural(groups, "IOMMU group")}`;
+  // Each key offered names one card (see distinguishingCriteria): a rule taking more needs a
+  // rule per card, or following the advice leaves it matching one, short of its count.
+  const narrow = wanted > 1
+    ? `write one rule per card (without "count"), each narrowed with`
+    : "narrow it with";
   return {
     code: "ambiguous",
     message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${
       plural(matched.length, "device")
-    } ${where} but takes ${wanted}: ${list}: narrow it with ${narrowWith(units, host)}${all}${
+    } ${where} but takes ${wanted}: ${list}: ${narrow} ${narrowWith(units, host)}${all}${
       viaPf(rule, matched)
     }${keepHeld(rule, units, found.options.records ?? [])}`,
     ...ruleBase(rule),

@@ -265,6 +265,27 @@ Deno.test("resolveRule() with count takes that many groups and refuses fewer", (
   assertEquals(four.issue?.candidates?.length, 3);
 });
 
+Deno.test("resolveRule() of a count: 2 rule matching three twins says to write a rule per card, which then takes each", () => {
+  const three = host([
+    dev({ bdf: "0000:01:00.0", group: 1, slot: "PCIE1", flr: true }),
+    dev({ bdf: "0000:02:00.0", group: 2, slot: "PCIE2", flr: true }),
+    dev({ bdf: "0000:05:00.0", group: 5, slot: "PCIE3", flr: true }),
+  ]);
+  const two = resolveRule(
+    rule('match: { vendor_device_id: "10de:2684" }\n        count: 2'),
+    three,
+  );
+  // Before: `narrow it with "slot"`: one slot names one card, and the rule still took two.
+  assertMatch(
+    two.issue?.message ?? "",
+    /but takes 2: .*: write one rule per card \(without "count"\), each narrowed with "slot", or with "address"$/,
+  );
+  for (const [slot, address] of [["PCIE1", "0000:01:00.0"], ["PCIE3", "0000:05:00.0"]]) {
+    const one = resolveRule(rule(`match: { vendor_device_id: "10de:2684", slot: ${slot} }`), three);
+    assertEquals([one.issue, one.devices.map((d) => d.address)], [null, [address]]);
+  }
+});
+
 Deno.test("resolveRule() with all: true takes every matching group", () => {
   const result = resolveRule(
     rule('match: { vendor_device_id: "1022:149c" }\n        all: true'),
