@@ -202,6 +202,8 @@ export const MATCH_SCHEMA = {
     },
     driver: {
       type: "string",
+      // No device's driver is "": such a rule matched nothing, on every host.
+      minLength: 1,
       description:
         "Host kernel driver the device was resolved with (nvidia, xhci_hcd); still matches after libvirt rebinds it to vfio-pci",
     },

@@ -914,6 +914,17 @@ Deno.test("parseConfig() refuses an empty connect: or sysfs:, which would mean a
   );
 });
 
+Deno.test("parseConfig() refuses an empty driver:, which no device's driver is", () => {
+  // Before: taken, and the rule matched no device on any host.
+  assertEquals(
+    errorsOf('version: 1\nvms:\n  vm:\n    devices:\n      - match: { class: vga, driver: "" }\n')
+      .map((e) => e.message),
+    [
+      'c.yaml:5:38: Empty value at "vms.vm.devices[0].match.driver" (give a value, or remove the key for the default)',
+    ],
+  );
+});
+
 Deno.test("parseConfig() names the boolean a YAML 1.1 yes, no, on or off meant, and the word a boolean meant", () => {
   // YAML 1.2 reads `managed: no` as the word "no": the hint said to write it "without quotes".
   const errors = errorsOf(`version: 1
