@@ -725,7 +725,7 @@ function keepHeld(
   }
   // No serial or slot of its own: the VM's card was known by its address alone (see `holds`),
   // which the new card took if it went in before it on the bus. Only the user can tell.
-  return `; "${rule.vm}" holds ${address} now, as far as its address tells: add address: "${address}" to the rule to keep it once you know it is the VM's card (nothing else tells these cards apart, and a card added before it on the bus takes its address)`;
+  return `; "${rule.vm}" holds ${address} now, as far as its address tells: add address: "${address}" to the rule to keep it once you know it is the VM's card (nothing it was recorded with tells these cards apart, and a card added before it on the bus takes its address)`;
 }
 
 /**

@@ -285,7 +285,38 @@ Deno.test("planHostdevs(): a twin told apart by nothing but the address is offer
     // Before: `holds 0000:01:00.0 now: add address: "0000:01:00.0" to the rule to keep it`.
     assertMatch(
       vm.errors[0]?.message ?? "",
-      /; "win10" holds 0000:01:00\.0 now, as far as its address tells: add address: "0000:01:00\.0" to the rule to keep it once you know it is the VM's card \(nothing else tells these cards apart, and a card added before it on the bus takes its address\)$/,
+      /; "win10" holds 0000:01:00\.0 now, as far as its address tells: add address: "0000:01:00\.0" to the rule to keep it once you know it is the VM's card \(nothing it was recorded with tells these cards apart, and a card added before it on the bus takes its address\)$/,
+    );
+  });
+});
+
+Deno.test("planHostdevs(): twins on two NUMA nodes are told apart by numa_node, and the key kept by address says only its record does not", async () => {
+  const nic = (bus: string, group: number, node: number) =>
+    dev({
+      bdf: `0000:${bus}:00.0`,
+      group,
+      class: "0x020000",
+      device: "0x1521",
+      driver: "igb",
+      flr: true,
+      numa_node: node,
+    });
+  const rules = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n',
+  );
+  const before = host([...baseDevices(), nic("05", 5, 0)]);
+  const after = host([...baseDevices(), nic("05", 5, 0), nic("85", 6, 1)]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
+    );
+    const message = vmOf(planHostdevs({ config: rules, host: after, libvirt }), "win10").errors[0]
+      ?.message ?? "";
+    assertMatch(message, /narrow it with "numa_node", or with "address"/);
+    // Before: "(nothing else tells these cards apart, ...)", beside the numa_node it offered.
+    assertMatch(
+      message,
+      /once you know it is the VM's card \(nothing it was recorded with tells these cards apart, and a card added before it on the bus takes its address\)$/,
     );
   });
 });
