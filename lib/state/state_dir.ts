@@ -166,18 +166,33 @@ function cannotUse(path: string, error: unknown): StateDirError {
   );
 }
 
-function checkOwner(path: string, owner: number, uid: number | null): void {
-  if (uid !== null && owner !== uid) {
+/**
+ * Refuses `path` unless `uid` (`null`: not known) owns it. `within` is the state directory it is
+ * in, already found to be ours: then no other user can have made `path` there since, and the
+ * state directory was given to us without what it held (a `chown` without `-R`).
+ */
+function checkOwner(path: string, owner: number, uid: number | null, within?: string): void {
+  if (uid === null || owner === uid) return;
+  const whose = `it is owned by uid ${owner}, not by the current user (uid ${uid})`;
+  if (within !== undefined) {
+    // "Run as its owner" sent the user to one the state directory itself refuses, and back.
+    const chown = `chown -R ${uid} ${shellWord(within)}`;
     throw new StateDirError(
       path,
       "foreign-owner",
-      // The way on, right wherever the directory came from: chosen by the user (--state-dir) or
-      // by the installed hook, whose state directory `guard allow`, `plan` and `hook status` read.
-      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid}): ${
-        owner === 0 ? "run as root" : "run as its owner, or use a directory of your own"
-      }`,
+      `Refusing to use "${path}": ${whose}, who owns the state directory "${within}" it is in: ` +
+        `make all of it yours with "${chown}"${uid === 0 ? "" : ", run as root"}`,
     );
   }
+  throw new StateDirError(
+    path,
+    "foreign-owner",
+    // The way on, right wherever the directory came from: chosen by the user (--state-dir) or
+    // by the installed hook, whose state directory `guard allow`, `plan` and `hook status` read.
+    `Refusing to use "${path}": ${whose}: ${
+      owner === 0 ? "run as root" : "run as its owner, or use a directory of your own"
+    }`,
+  );
 }
 
 /** Creates `path` (0700) when it does not exist yet; a concurrent creator is not an error. */
@@ -295,7 +310,7 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
   if (write) tightenOwnStateDir(root);
   if (write) createPrivateDir(backupsPath);
   try {
-    checkOwner(backupsPath, checkDirShape(backupsPath), uid);
+    checkOwner(backupsPath, checkDirShape(backupsPath), uid, root);
   } catch (error) {
     // A read-only open of a state directory that never had a backup is fine.
     if (!(error instanceof StateDirError && error.problem === "missing" && !write)) throw error;
@@ -323,7 +338,7 @@ export function openPrivateDir(path: string): void {
  */
 export function ensurePrivateDir(path: string, state: StateDir): void {
   createPrivateDir(path);
-  checkOwner(path, checkDirShape(path), state.uid);
+  checkOwner(path, checkDirShape(path), state.uid, state.path);
 }
 
 /**
@@ -332,7 +347,7 @@ export function ensurePrivateDir(path: string, state: StateDir): void {
  */
 export function checkPrivateDir(path: string, state: StateDir): boolean {
   try {
-    checkOwner(path, checkDirShape(path), state.uid);
+    checkOwner(path, checkDirShape(path), state.uid, state.path);
     return true;
   } catch (error) {
     if (error instanceof StateDirError && error.problem === "missing") return false;

@@ -1,6 +1,7 @@
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
   DEFAULT_STATE_DIR,
+  ensurePrivateDir,
   openStateDir,
   readOwnFileSync,
   resolveStateDirPath,
@@ -157,6 +158,40 @@ Deno.test({
       assertThrows(
         () => openStateDir(`${root}/state`),
         /owned by uid 65534, not by the current user \(uid 0\): run as its owner, or use a directory of your own$/,
+      );
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "openStateDir() and ensurePrivateDir() say to chown the state directory when a directory in it is another user's",
+  // Only root can give a directory away.
+  ignore: Deno.uid() !== 0,
+  fn() {
+    const root = tempDir();
+    try {
+      // A state directory made by uid 65534, then given to root without -R: "run as its owner"
+      // sent root to a user the state directory itself then refuses, and back.
+      const state = openStateDir(`${root}/pt state`);
+      Deno.mkdirSync(`${state.backupsPath}/win10`, { mode: 0o700 });
+      Deno.chownSync(`${state.backupsPath}/win10`, 65534, null);
+      assertThrows(
+        () => ensurePrivateDir(`${state.backupsPath}/win10`, state),
+        StateDirError,
+        `Refusing to use "${root}/pt state/backups/win10": it is owned by uid 65534, not by the ` +
+          `current user (uid 0), who owns the state directory "${root}/pt state" it is in: ` +
+          `make all of it yours with "chown -R 0 '${root}/pt state'"`,
+      );
+      Deno.chownSync(state.backupsPath, 65534, null);
+      assertThrows(
+        () => openStateDir(`${root}/pt state`),
+        StateDirError,
+        `Refusing to use "${root}/pt state/backups": it is owned by uid 65534, not by the ` +
+          `current user (uid 0), who owns the state directory "${root}/pt state" it is in: ` +
+          `make all of it yours with "chown -R 0 '${root}/pt state'"`,
       );
     } finally {
       Deno.removeSync(root, { recursive: true });
