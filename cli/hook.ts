@@ -13,7 +13,7 @@ import { VERSION } from "./version.ts";
 import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
 import { sysfsRootError } from "../lib/host/discover.ts";
 import { checkStart } from "./hook_check.ts";
-import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { ensurePrivateDir, openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { dirname, join, resolve } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
@@ -182,8 +182,10 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   // Refused before anything is created too: a file there that is not a passthrough hook.
   const previous = replaceableHookSettings(hooksDir);
   // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
-  openStateDir(stateDir);
-  Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
+  const state = openStateDir(stateDir);
+  // The hook's code caches, which root runs at every start: checked as the state directory's
+  // other folders are, so a link there is not followed out of it, nor a file met by a bare mkdir.
+  ensurePrivateDir(hookDenoDir(state.path), state);
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed

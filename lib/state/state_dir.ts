@@ -126,7 +126,7 @@ function checkDirShape(path: string): number {
     throw new StateDirError(
       path,
       "symlink",
-      `Refusing to use "${path}": it is a symbolic link, which could redirect backups elsewhere`,
+      `Refusing to use "${path}": it is a symbolic link, which could redirect what passthrough keeps there elsewhere`,
     );
   }
   if (!info.isDirectory) {

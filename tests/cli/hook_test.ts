@@ -512,6 +512,34 @@ Deno.test("hook install refuses a state directory that is a symbolic link, and w
   }
 });
 
+Deno.test("hook install refuses a Deno cache in the state directory that is a file or a symbolic link, and writes no hook", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-deno-dir-" });
+  try {
+    Deno.mkdirSync(`${dir}/state`, { mode: 0o700 });
+    Deno.mkdirSync(`${dir}/elsewhere`, { mode: 0o700 });
+    const install = () =>
+      runCli(["hook", "install", "--hooks-dir", `${dir}/qemu.d`, "--state-dir", `${dir}/state`]);
+    // A file there failed as "File exists (os error 17): mkdir", saying nothing of what it is.
+    Deno.writeTextFileSync(`${dir}/state/deno`, "");
+    const file = await install();
+    assertEquals([file.code, file.stdout], [1, ""]);
+    assertEquals(
+      file.stderr,
+      `passthrough hook: Cannot use "${dir}/state/deno": it is not a directory\n`,
+    );
+    // A link was followed: the hook, run as root, kept its code caches (and HOME) out of the
+    // private state directory, wherever the link led.
+    Deno.removeSync(`${dir}/state/deno`);
+    Deno.symlinkSync(`${dir}/elsewhere`, `${dir}/state/deno`);
+    const link = await install();
+    assertEquals([link.code, link.stdout], [1, ""]);
+    assertMatch(link.stderr, new RegExp(`"${dir}/state/deno": it is a symbolic link`));
+    assertEquals(pathExists(`${dir}/qemu.d/${HOOK_FILE_NAME}`), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook install into a hooks directory that is a link to nothing says so, and creates nothing", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-dangling-" });
   try {
