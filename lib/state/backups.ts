@@ -431,7 +431,8 @@ function temporaryFileProblem(path: string): BackupProblem | null {
     path,
     detail: lately
       ? "a temporary file of a backup a run may be writing now (or one interrupted moments ago)"
-      : "a temporary file left by a run interrupted while writing a backup",
+      // Nothing removes it (prune leaves what it did not write for a person): say that person's way.
+      : "a temporary file left by a run interrupted while writing a backup; nothing reads it: remove it",
   };
 }
 
@@ -464,7 +465,7 @@ function sidecarMissingProblem(
     path,
     detail: lately
       ? "its sidecar is missing (a run may be writing this backup now, or was killed moments ago between the two writes); it cannot be restored"
-      : "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
+      : "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored: remove it",
   };
 }
 

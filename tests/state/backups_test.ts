@@ -300,8 +300,15 @@ Deno.test("inspectBackups() lists an XML left without its sidecar, and a tempora
       ["incomplete", null, temp],
       ["incomplete", "20991231T000000.000Z-deadbeef", orphan],
     ]);
-    assertMatch(describeBackupProblem(problems[0]!), /left by a run interrupted/);
-    assertMatch(describeBackupProblem(problems[1]!), /its sidecar is missing \(a run killed/);
+    // Left for a person to look at, as every incomplete file is: said so, with what to do.
+    assertEquals(
+      describeBackupProblem(problems[0]!),
+      `Backup "${temp}" is incomplete: a temporary file left by a run interrupted while writing a backup; nothing reads it: remove it`,
+    );
+    assertEquals(
+      describeBackupProblem(problems[1]!),
+      `Backup "${orphan}" is incomplete: its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored: remove it`,
+    );
     // Never chosen: the newest intact backup is.
     assertEquals(findBackup(state, "a").id, entry.id);
     recordCase({
