@@ -38,7 +38,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
-import { isSystemQemuUri, unescapeUriPart, uriParameter } from "../config/uri.ts";
+import { isSystemQemuUri, sessionDriver, unescapeUriPart, uriParameter } from "../config/uri.ts";
 import { errorText } from "../render/error_text.ts";
 import { shellWord } from "../render/shell.ts";
 import { join } from "./paths.ts";
@@ -111,8 +111,9 @@ export interface ConnectionLockOptions {
  * directory of a user other than root (who cannot use {@link LOCK_DIR}) excludes neither root's
  * runs nor those with another state directory on the same libvirt, which may give one device to
  * two VMs meanwhile. No lock both can take is safe: one any user may open, any user may hold
- * (`flock` needs only a read), and so keep root's runs out. `null`: a host-wide lock, or the test
- * driver's (its world is the process's own).
+ * (`flock` needs only a read), and so keep root's runs out. Of the user's own session daemon,
+ * only runs with another state directory. `null`: a host-wide lock, or the test driver's (its
+ * world is the process's own).
  *
  * @example
  * ```ts
@@ -124,6 +125,15 @@ export interface ConnectionLockOptions {
 export function lockScopeNote(lock: Pick<StateLock, "path" | "uri">): string | null {
   if (lock.path.startsWith(`${LOCK_DIR}/`) || lock.uri.startsWith("test:")) return null;
   const dir = lock.path.slice(0, lock.path.lastIndexOf("/"));
+  // A session daemon is its user's: root's `qemu:///session` is root's own, another libvirt, so
+  // "run it as root" sent the user to lock (and apply to) a libvirt without these VMs.
+  if (sessionDriver(lock.uri) !== null) {
+    return `Note: this run locks ${
+      JSON.stringify(lock.uri)
+    } (this user's own libvirt) in ${dir}: ` +
+      "an apply or rollback of it with another state directory is not kept out meanwhile; give " +
+      "its runs one state directory";
+  }
   return `Note: this run locks ${JSON.stringify(lock.uri)} in ${dir}, not in ${LOCK_DIR} ` +
     "(root's alone): an apply or rollback by root, or with another state directory, is not kept " +
     "out meanwhile; run it as root to lock that libvirt for the whole host";

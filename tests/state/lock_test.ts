@@ -4,6 +4,7 @@ import {
   connectionLockPath,
   LOCK_DIR,
   LockHeldError,
+  lockScopeNote,
   lockUri,
   type StateLock,
 } from "../../lib/state/lock.ts";
@@ -602,4 +603,24 @@ Deno.test("lockUri() is one lock for the system daemon by any of its own sockets
   // libvirt connects to the last socket= by any case: the lock is that daemon's.
   assertEquals(lockUri("qemu:///system?socket=/a&socket=/b"), "qemu:///system?socket=/b");
   assertEquals(lockUri("qemu:///system?Socket=/s"), "qemu:///system?socket=/s");
+});
+
+Deno.test("lockScopeNote() of a user's session sends no one to root, whose qemu:///session is another libvirt", () => {
+  const lock = (uri: string) => ({ path: `/home/u/pt/connection-${"0".repeat(32)}.lock`, uri });
+  // The system daemon: root's runs lock it in /run/passthrough, which this run does not.
+  assertMatch(
+    lockScopeNote(lock("qemu:///system"))!,
+    /an apply or rollback by root, or with another state directory, is not kept out meanwhile; run it as root/,
+  );
+  // A session is its user's alone: root's qemu:///session reaches root's own, so "run it as root"
+  // locked another libvirt and changed none of this one's VMs.
+  for (const uri of ["qemu:///session", "qemu+unix:///session?socket=/run/user/1000/s"]) {
+    assertEquals(
+      lockScopeNote(lock(lockUri(uri))),
+      `Note: this run locks ${
+        JSON.stringify(lockUri(uri))
+      } (this user's own libvirt) in /home/u/pt: an apply or rollback of it with another state ` +
+        "directory is not kept out meanwhile; give its runs one state directory",
+    );
+  }
 });
