@@ -108,9 +108,11 @@ function processUid(): number | null {
 
 /**
  * Checks the parts of a private directory that need no write: not a symlink, a directory, and not
- * group- or world-writable. Returns its owner's uid.
+ * group- or world-writable. Returns its owner's uid. `chosen`: the state directory itself, which
+ * the user may choose another for; a folder passthrough keeps in it, or the lock directory, has
+ * no other, and only its mode is the fix.
  */
-function checkDirShape(path: string): number {
+function checkDirShape(path: string, { chosen = false }: { chosen?: boolean } = {}): number {
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
@@ -140,7 +142,9 @@ function checkDirShape(path: string): number {
       `use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`;
     // Quoted as the shell reads it: a path with a space would be two arguments to chmod.
     const chmod = `chmod 700 ${shellWord(path)}`;
-    const advice = (mode & 0o1000) !== 0
+    const advice = !chosen
+      ? `; run "${chmod}"`
+      : (mode & 0o1000) !== 0
       ? `, a directory shared with other users: ${own}`
       : (mode & 0o002) === 0 && path !== DEFAULT_STATE_DIR
       ? `; if it is passthrough's alone, run "${chmod}"; if its group shares it on purpose, ${own}`
@@ -300,7 +304,7 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
   const root = isAbsolute(path) ? path : resolve(path);
   const backupsPath = join(root, "backups");
   if (write) createPrivateDir(root);
-  const owner = checkDirShape(root);
+  const owner = checkDirShape(root, { chosen: true });
   let uid = processUid();
   if (write) {
     const probed = probeWritable(root);

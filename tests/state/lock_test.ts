@@ -624,3 +624,45 @@ Deno.test("lockScopeNote() of a user's session sends no one to root, whose qemu:
     );
   }
 });
+
+Deno.test({
+  name:
+    "acquireConnectionLock() refusing a shared /run/passthrough says to chmod it, not to choose another directory",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = tempDir();
+    try {
+      const state = `${dir}/state`;
+      Deno.mkdirSync(state, { mode: 0o700 });
+      const code = `
+        import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
+        try {
+          acquireConnectionLock("qemu:///system", { stateDir: ${
+        JSON.stringify(state)
+      }, command: "apply" });
+        } catch (error) {
+          console.log(error.message);
+        }
+      `;
+      for (const mode of ["775", "1777"]) {
+        const out = await runInPrivateMounts(
+          `mount -t tmpfs tmpfs /run && mkdir -m ${mode} /run/passthrough`,
+          [Deno.execPath(), "eval", "--quiet", code],
+          { DENO_DIR: `${dir}/deno`, HOME: dir },
+        );
+        assertEquals(out.code, 0, out.stderr);
+        // It said to use "one of passthrough's own, such as the default /var/lib/passthrough": a
+        // state directory, which root's lock never moves to (a packager's group-shared
+        // /run/passthrough, say, stopped every apply whatever --state-dir said).
+        assertEquals(
+          out.stdout,
+          `Refusing to use "/run/passthrough": it is group- or world-writable (mode ${
+            mode.padStart(4, "0")
+          }); run "chmod 700 /run/passthrough"\n`,
+        );
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});

@@ -165,6 +165,23 @@ Deno.test({
   },
 });
 
+Deno.test("openStateDir() refusing a group-writable backups/ says to chmod it, not to choose another state directory", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    Deno.chmodSync(state.backupsPath, 0o2775);
+    // It offered "use one of passthrough's own, such as the default /var/lib/passthrough", as for
+    // the state directory itself: its backups/ is passthrough's whichever directory holds it.
+    assertThrows(
+      () => openStateDir(`${root}/state`),
+      StateDirError,
+      `Refusing to use "${root}/state/backups": it is group- or world-writable (mode 2775); run "chmod 700 ${root}/state/backups"`,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test({
   name:
     "openStateDir() and ensurePrivateDir() say to chown the state directory when a directory in it is another user's",
