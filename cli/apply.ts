@@ -42,7 +42,7 @@ import { guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { GUARD_URI } from "../lib/guard/layout.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
-import { deferSignals, keepIgnoredSignals } from "./signals.ts";
+import { connectionLostNote, deferSignals, keepIgnoredSignals } from "./signals.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
@@ -170,6 +170,9 @@ async function applyComputed(
       `passthrough apply: stopped by ${stop}: the report above says which VMs were ` +
         `changed; those marked interrupted were not applied\n`,
     );
+    const unknown = report.vms.some((vm) => vm.code === "define-unknown");
+    const lost = connectionLostNote("apply", { signal: stop, uri: libvirt.uri, unknown });
+    if (lost !== null) io.err(`${lost}\n`);
     return signals.status;
   }
   return report.ok && !planHasErrors(plan) && recorded ? 0 : 1;

@@ -11,6 +11,7 @@
 import { type CliIo, UsageError } from "./context.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
 import { checkUriToOpen, libvirtUriFor } from "../ffi/libvirt_conf.ts";
+import { transportProgram } from "../lib/config/uri.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -59,7 +60,7 @@ export function withLibvirtTimeout(
   if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
   // ssh (or an ext program) asks a person at the terminal for a password or an unknown host's
   // key while libvirt opens: ended mid-question, it kept reading the terminal after we were gone.
-  const asks = run.interactive && ASKING_TRANSPORT.test(libvirtUriFor(target.uri) ?? "");
+  const asks = run.interactive && transportProgram(libvirtUriFor(target.uri) ?? "") !== null;
   return {
     uri: target.uri,
     options: {
@@ -75,9 +76,6 @@ export function withLibvirtTimeout(
     },
   };
 }
-
-/** A URI whose transport runs a program that may ask on the terminal: `qemu+ssh:`, `+ext:`. */
-const ASKING_TRANSPORT = /^[A-Za-z][A-Za-z0-9.-]*\+(ssh|ext):/i;
 
 /** The URI a command opens (`null`: libvirt's default) and the options to open it with. */
 export interface ConnectTarget {

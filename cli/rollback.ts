@@ -36,7 +36,7 @@ import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostDeviceReader, hostFactsFor, hostReader, LIVE_SYSFS } from "./host_options.ts";
-import { deferSignals, keepIgnoredSignals } from "./signals.ts";
+import { connectionLostNote, deferSignals, keepIgnoredSignals } from "./signals.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -254,6 +254,9 @@ export async function run(
   const stop = await signals.check(true);
   if (stop !== null) {
     io.err(`passthrough rollback: stopped by ${stop}: the report above says what was done\n`);
+    const unknown = report.status === "unknown";
+    const lost = connectionLostNote("rollback", { signal: stop, uri: libvirt.uri, unknown });
+    if (lost !== null) io.err(`${lost}\n`);
     return signals.status;
   }
   return report.status === "failed" || report.status === "unknown" ? 1 : 0;

@@ -13,6 +13,8 @@
  */
 
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
+import { transportProgram } from "../lib/config/uri.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 
 /** Ctrl-C, `kill`'s default, and the hangup of a closed terminal or SSH session. */
 const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
@@ -76,6 +78,29 @@ export function keepIgnoredSignals(): void {
     keptIgnored.add(signal);
     Deno.addSignalListener(signal, () => {});
   }
+}
+
+/**
+ * Why a run over `uri` stopped by `signal` lost its connection, or `null`: Ctrl-C and a closed
+ * terminal signal the terminal's whole foreground process group, so the ssh (or `ext` program)
+ * libvirt runs there to carry the connection gets them too and ends, closing it under a define,
+ * whose outcome is then unknown; `kill PID` signals this process alone. Said when `unknown` (a
+ * define's outcome is): a stop at a question, with nothing in flight, lost nothing.
+ */
+export function connectionLostNote(
+  command: "apply" | "rollback",
+  { signal, uri, unknown }: { signal: string; uri: string; unknown: boolean },
+): string | null {
+  const program = transportProgram(uri);
+  if (program === null || !unknown || (signal !== "SIGINT" && signal !== "SIGHUP")) return null;
+  const what = program === "ssh" ? "the ssh" : "the program of the ext transport";
+  const stop = command === "apply" ? "finish the VM it is defining" : "finish its define";
+  return redactSecrets(
+    `passthrough ${command}: the ${signal === "SIGINT" ? "Ctrl-C" : "hangup"} also ended ` +
+      `${what} libvirt runs for "${uri}", which closed the connection: what failed above may ` +
+      `have been defined even so, as its line says; to stop ${command} over ${program} and let ` +
+      `it ${stop}, send SIGTERM to its process alone (kill PID)`,
+  );
 }
 
 /** Catches `SIGNALS` until disposed, but those the process ignores (they stay ignored). */

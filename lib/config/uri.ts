@@ -199,6 +199,25 @@ export function isSystemQemuUri(uri: string): boolean {
 }
 
 /**
+ * The program libvirt runs in this process's group to carry a connection to `uri`: `ssh` for the
+ * `ssh` transport (or the program its `command` names), `ext` for the `ext` transport's `command`;
+ * `null` where libvirt connects itself (`+unix`, `+tcp`, `+tls`, `+libssh`, `+libssh2`, local).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(transportProgram("qemu+ssh://root@hv1/system"), "ssh");
+ * assertEquals(transportProgram("qemu+ext:///system?command=/usr/local/bin/tunnel"), "ext");
+ * assertEquals(transportProgram("qemu+libssh2://hv1/system"), null);
+ * assertEquals(transportProgram("qemu:///system"), null);
+ * ```
+ */
+export function transportProgram(uri: string): "ssh" | "ext" | null {
+  const transport = /^[A-Za-z][A-Za-z0-9.-]*\+(ssh|ext):/i.exec(uri)?.[1]?.toLowerCase();
+  return transport === "ssh" || transport === "ext" ? transport : null;
+}
+
+/**
  * The driver (`qemu`) of this host's session daemon that a libvirt URI reaches: the connecting
  * user's own libvirt (`qemu:///session`, libvirt's default for a user other than root; also
  * through `+unix` or another `socket=`, or `+tcp`, `+tls` or `+ssh` with no host), which holds

@@ -443,6 +443,82 @@ Deno.test({
   },
 });
 
+/**
+ * A libvirt URI whose `ext` transport runs a tunnel (as `qemu+ssh://` runs ssh) to the socket of
+ * `hook`, in the caller's process group: a Ctrl-C ends it as it ends ssh.
+ */
+async function tunnelUri(dir: string, hook: { uri: string }): Promise<string> {
+  const socket = hook.uri.slice(hook.uri.indexOf("socket=") + "socket=".length);
+  await Deno.writeTextFile(
+    `${dir}/tunnel.ts`,
+    `const conn = await Deno.connect({ transport: "unix", path: ${JSON.stringify(socket)} });\n` +
+      "await Promise.race([Deno.stdin.readable.pipeTo(conn.writable), " +
+      "conn.readable.pipeTo(Deno.stdout.writable)]);\n",
+  );
+  await Deno.writeTextFile(
+    `${dir}/tunnel`,
+    `#!/bin/sh\nexec '${Deno.execPath()}' run --quiet -A '${dir}/tunnel.ts'\n`,
+    { mode: 0o755 },
+  );
+  return `qemu+ext:///system?command=${dir}/tunnel`;
+}
+
+Deno.test({
+  name:
+    "Ctrl-C during a define over a tunnelled connection says the tunnel ended with it and how to stop apply or rollback alone",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const original = s.xml("win10");
+    // What the terminal does at Ctrl-C: SIGINT to its foreground process group (the command and
+    // the tunnel libvirt runs for it), sent while the define's reply is held back.
+    const pgFile = `${s.dir}/pgid`;
+    const ctrlC = ["sh", "-c", `kill -INT -"$(cat '${pgFile}')"`];
+    const run = async (command: string[], hook: { uri: string }) => {
+      const uri = await tunnelUri(s.dir, hook);
+      const args = [...command, "--connect", uri, "--allow-uri-programs", "--yes"];
+      await using pty = runCliOnPty(args, { shell: `echo $$ > '${pgFile}'` });
+      return await pty.exited(30_000);
+    };
+    {
+      await using hook = await startRpcHook({
+        socket: `${s.daemon.dir}/libvirt-sock`,
+        dir: s.daemon.dir,
+        proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+        command: ctrlC,
+      });
+      const apply = ["apply", ...s.args.slice(0, 4), "--vm", "win10", "--state-dir", s.stateDir];
+      const { code, screen } = await run(apply, hook);
+      assertEquals(code, 130, screen);
+      assertMatch(await hook.ran, /^ran 0 /);
+      // The define was made; the closed connection could not tell.
+      assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+      assertMatch(screen, /FAILED win10: The define of "win10" may or may not have taken effect/);
+      // It said nothing of why the connection closed under the define.
+      assertMatch(
+        screen,
+        /passthrough apply: the Ctrl-C also ended the program of the ext transport libvirt runs for "qemu\+ext:\/\/\/system\?command=[^"]*tunnel", which closed the connection: what failed above may have been defined even so, as its line says; to stop apply over ext and let it finish the VM it is defining, send SIGTERM to its process alone \(kill PID\)/,
+      );
+    }
+    {
+      await using hook = await startRpcHook({
+        socket: `${s.daemon.dir}/libvirt-sock`,
+        dir: s.daemon.dir,
+        proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+        command: ctrlC,
+      });
+      const { code, screen } = await run(["rollback", "win10", "--state-dir", s.stateDir], hook);
+      assertEquals(code, 130, screen);
+      assertMatch(await hook.ran, /^ran 0 /);
+      assertEquals(s.xml("win10"), original);
+      assertMatch(
+        screen,
+        /passthrough rollback: the Ctrl-C also ended the program of the ext transport libvirt runs for "[^"]*", which closed the connection: .*; to stop rollback over ext and let it finish its define, send SIGTERM/,
+      );
+    }
+  },
+});
+
 Deno.test({
   name: "Ctrl-C at rollback's question restores nothing, says so, exit 130",
   ignore: unavailable !== null || !hasScript(),
