@@ -7,8 +7,8 @@
  * (scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
  * without a user name, the path unescaped, trailing slashes and every query parameter but
  * `socket` dropped), so `qemu:///system` and `qemu+unix:///system/` share a lock, as do
- * `qemu:///system`, `qemu:///%73ystem` and a `socket=` naming one of the system daemon's own
- * sockets. Two spellings that reach one daemon through different names (`qemu+ssh://host` and
+ * `qemu:///system`, `qemu:///%73ystem`, a `socket=` naming one of the system daemon's own
+ * sockets and a transport libvirt takes to this host (`qemu+tls:///system`). Two spellings that reach one daemon through different names (`qemu+ssh://host` and
  * `qemu+ssh://alias`, or a socket through a link) cannot be recognised as one host and lock apart.
  *
  * Where: in `/run/passthrough` (created 0700: on tmpfs, so gone at boot, and
@@ -260,7 +260,8 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
  * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
  * from a local URI (it is the default transport), host lower-cased without user name, path
  * unescaped, trailing slashes and every query parameter but `socket` (which names another daemon,
- * see {@link uriParameter}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
+ * see {@link uriParameter}) dropped; the system daemon, by its own sockets or a transport libvirt
+ * takes to this host (`qemu+tls:///system`), is `qemu:///system`.
  *
  * @example
  * ```ts
@@ -269,6 +270,7 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
  * assertEquals(lockUri("qemu+ssh://root@Host:22/system?keyfile=/k"), "qemu+ssh://host:22/system");
  * assertEquals(lockUri("qemu:///system?no_verify=1&socket=/s"), "qemu:///system?socket=/s");
  * assertEquals(lockUri("qemu:///system?socket=/run/libvirt/libvirt-sock"), "qemu:///system");
+ * assertEquals(lockUri("qemu+tls:///system"), "qemu:///system");
  * ```
  */
 export function lockUri(uri: string): string {
@@ -278,6 +280,11 @@ export function lockUri(uri: string): string {
   } catch {
     return uri;
   }
+  // Any spelling of it reaches the one system QEMU driver of this host (libvirtd's, or
+  // virtqemud's through virtproxyd): by any of its own sockets, and through any transport
+  // libvirt takes to this host when the URI names none (`qemu+tls:///system`). Two runs by two
+  // of them would otherwise both change its VMs, and the start guard's policies.
+  if (isSystemQemuUri(uri)) return "qemu:///system";
   const [driver, transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
   const host = url.hostname.toLowerCase();
   const scheme = transport === undefined || (host === "" && transport === "unix")
@@ -285,9 +292,7 @@ export function lockUri(uri: string): string {
     : `${driver}+${transport}`;
   // Unescaped, as libvirt reads it: `/%73ystem` is `/system`.
   const path = unescapeUriPart(url.pathname).replace(/\/+$/, "");
-  // Any of them reaches the one system QEMU driver of this host (libvirtd's, or virtqemud's
-  // through virtproxyd), which two runs by different spellings would otherwise both change.
-  const socket = isSystemQemuUri(uri) ? undefined : uriParameter(uri, "socket");
+  const socket = uriParameter(uri, "socket");
   return `${scheme}://${host}${url.port === "" ? "" : `:${url.port}`}${path}${
     socket === undefined ? "" : `?socket=${socket}`
   }`;

@@ -666,3 +666,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test("lockUri() is one lock for the system daemon through any transport libvirt takes to this host", () => {
+  // With no host, each reaches this host's system QEMU driver, whose policies apply records for
+  // the start guard as it does for qemu:///system: two applies by two of them each took a lock.
+  for (
+    const uri of [
+      "qemu+tls:///system",
+      "qemu+tcp:///system",
+      "qemu+ssh:///system",
+      "qemu+libssh2:///system/",
+      "QEMU+TLS:///system?no_verify=1",
+    ]
+  ) assertEquals(lockUri(uri), "qemu:///system", uri);
+  // Another machine's, or another daemon's socket, stays its own.
+  assertEquals(lockUri("qemu+tls://hv1/system"), "qemu+tls://hv1/system");
+  assertEquals(lockUri("qemu+ssh:///session"), "qemu+ssh:///session");
+  assertEquals(lockUri("qemu:///system?socket=/tmp/s"), "qemu:///system?socket=/tmp/s");
+});
