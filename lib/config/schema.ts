@@ -260,7 +260,7 @@ const GUARD_SCHEMA = {
   type: "string",
   enum: GUARD_POLICIES,
   description:
-    "What the start guard does when a hostdev's address no longer holds the recorded device or holds one the host needs: enforce (refuse the start, default), warn (start and log the refusal), off (no check); a rule's value overrides its VM's; recorded for the hook by passthrough apply",
+    "What the start guard does when a hostdev's address no longer holds the recorded device: enforce (refuse the start, default), warn (start and log the refusal), off (no check); a rule's value overrides its VM's. A device the host needs is refused under warn too, and under a rule's off: only the VM's own off, or allow_host_critical: true on the rule, lets it go; recorded for the hook by passthrough apply",
 } as const satisfies StringSchema;
 
 const VLAN_TAG = {

@@ -571,6 +571,23 @@ Deno.test("the committed passthrough_config.schema.json is the one generated fro
   assertEquals(committed, configJsonSchemaText());
 });
 
+Deno.test("the JSON schema's guard: says warn, and a rule's off, still refuse a device the host needs", () => {
+  // An editor shows this text on hover. It said warn starts "when a hostdev's address ... holds one
+  // the host needs" and that a rule's value overrides its VM's, where the guard refuses the host's
+  // own disk or NIC under warn and under a rule's off (lib/guard/run.ts policed()).
+  const committed = Deno.readTextFileSync(new URL("passthrough_config.schema.json", ROOT));
+  const descriptions: string[] = [];
+  JSON.parse(committed, (key, value) => {
+    if (key === "guard") descriptions.push(value.description);
+    return value;
+  });
+  assertEquals(descriptions.length, 2); // a VM's and a rule's
+  for (const description of descriptions) {
+    assertOk(!/holds one the host needs: enforce/.test(description), description);
+    assertMatch(description, /the host needs is refused under warn too, and under a rule's off/);
+  }
+});
+
 Deno.test("the JSON schema refuses in every string the control characters loading refuses", () => {
   type Node = Record<string, unknown>;
   const strings: [string, Node][] = [];
