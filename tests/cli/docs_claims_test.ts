@@ -10,12 +10,13 @@
  * the code has.
  */
 
-import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { documentedFlags, runCli } from "../helpers/cli.ts";
 import { parse } from "yaml";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { nvmeDescription } from "../../lib/testing/host_generator.ts";
 import { checkPermissions } from "../../lib/guard/hook_file.ts";
+import { parseConfig } from "../../lib/config/config.ts";
 import * as SPECS from "../../cli/specs.ts";
 import type { CommandSpec, Flags } from "../../cli/flags.ts";
 
@@ -628,4 +629,37 @@ Deno.test("README: the start guard's time against an empty deno run covers the l
     fewest <= own && own <= most,
     `README: ${fewest} to ${most} ms; latest round: ${own} ms`,
   );
+});
+
+Deno.test("README: what a %YAML 1.1 file's ambiguous values come to is what the config reader does", () => {
+  // README said every value YAML 1.1 alone reads as a number is refused where text goes; a match
+  // criterion or a VM's name is taken as written (`slot: 1:2` is the slot "1:2"), which it did not
+  // say, so a reader of that sentence expected a refusal for `vendor_id: 010`.
+  const readme = read("README.md").replaceAll(/\s+/g, " ");
+  const start = readme.indexOf("A file may start with `%YAML 1.1`");
+  const yaml11 = readme.slice(start, start + 800);
+  const refused = /reads as a boolean or a base-60 or octal number \(([^)]*)\) is refused/
+    .exec(yaml11)?.[1];
+  assertOk(refused !== undefined, "README no longer says which YAML 1.1 values are refused");
+  const head = "%YAML 1.1\n---\nversion: 1\nvms:\n";
+  const parses = (text: string) => {
+    try {
+      return parseConfig(text, { file: "c.yaml" });
+    } catch {
+      return null;
+    }
+  };
+  for (const [, value] of refused.matchAll(/`([^`]+)`/g)) {
+    const rule =
+      `  vm:\n    devices:\n      - match: { vendor_id: "10de" }\n        name: ${value}\n`;
+    assertEquals(parses(head + rule), null, `name: ${value} under %YAML 1.1`);
+  }
+  const written =
+    /taken as written instead, in either version, and so is any VM or host name \(`vendor_id: 0x10de` is `10de`, `slot: 1:2` the slot `1:2`, a VM `010:` or `yes:` the VM `010` or `yes`\)/;
+  assertMatch(yaml11, written);
+  const config = parses(
+    `${head}  010:\n    devices:\n      - match: { vendor_id: 0x10de, slot: 1:2 }\n  yes: { devices: [] }\n`,
+  );
+  assertEquals(config?.vms.map((vm) => vm.name), ["010", "yes"]);
+  assertEquals(config?.vms[0]?.rules[0]?.match, { vendorId: "10de", slot: "1:2" });
 });
