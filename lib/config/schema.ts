@@ -360,7 +360,8 @@ const RULE_SCHEMA = {
     boot_order: {
       type: "integer",
       minimum: 1,
-      description: "Boot from this device, in this position",
+      description:
+        "Boot from this device, in this position of the VM's per-device boot order: refused while the VM's <os> has <boot dev=...> lines, which libvirt does not combine with it, or another device has this position",
     },
     multifunction: {
       type: "boolean",

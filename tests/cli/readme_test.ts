@@ -102,3 +102,23 @@ Deno.test("README: the example config's schema line it quotes is the example's f
     /in a copy elsewhere .*name the clone's \(`\$schema=\/opt\/passthrough\/\S+`\)/s,
   );
 });
+
+Deno.test("README, the example config and the schema say boot_order is refused beside <os><boot dev>", () => {
+  // The example said the rule's boot_order "needs no <boot dev=...> in the domain's <os>", where
+  // plan refuses it while the VM has one (libvirt will not combine the two): a user copying it to
+  // a VM made by virt-manager, which writes <boot dev='hd'/>, read that nothing was needed.
+  const plans = Deno.readTextFileSync(new URL("../../lib/plan/vm_edit.ts", import.meta.url));
+  assertMatch(plans, /code: "boot-order-conflict",\s*message:\s*`[^`]*boots by <os><boot dev=/);
+  const config = section("The config").replaceAll(/\s+/g, " ");
+  assertMatch(config, /`boot_order` \([^)]*<os><boot dev=[^)]*`boot-order-conflict`/);
+  const example = Deno.readTextFileSync(new URL("../../passthrough_config.yaml", import.meta.url));
+  const comment = /((?:^ *#.*\n)+) *boot_order:/m.exec(example)?.[1]?.replaceAll(/\s*#\s*/g, " ");
+  assertOk(comment !== undefined, "the example sets no commented boot_order");
+  assertOk(!/needs no <boot dev/.test(comment), comment);
+  assertMatch(comment, /boot-order-conflict/);
+  const schema = JSON.parse(
+    Deno.readTextFileSync(new URL("../../passthrough_config.schema.json", import.meta.url)),
+  );
+  const rule = schema.properties.vms.additionalProperties.properties.devices.items;
+  assertMatch(rule.properties.boot_order.description, /<boot dev=/);
+});
