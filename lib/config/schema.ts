@@ -512,6 +512,18 @@ export const NOT_IN_XML_CHARS = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff
 
 type JsonSchema = Record<string, unknown>;
 
+/**
+ * What an editor sees of a match criterion YAML reads as a number (`vendor_id: 0x10de` is 4318 to
+ * it, `class: 0300` is 300), which the config reader takes as written: a non-negative integer no
+ * larger than the format's hex digits hold (YAML cannot say whether the digits were hex or
+ * decimal, so `class: 3` passes here and the reader refuses it, located).
+ */
+const WRITTEN_AS_NUMBER = {
+  "pci-id": { type: "integer", minimum: 0, maximum: 0xffff },
+  class: { type: "integer", minimum: 0, maximum: 0xffffff },
+  serial: { type: "integer", minimum: 0 },
+} as const;
+
 function toJsonSchema(schema: Schema): JsonSchema {
   switch (schema.type) {
     case "string": {
@@ -524,7 +536,17 @@ function toJsonSchema(schema: Schema): JsonSchema {
           anyOf: [
             { type: "string", pattern: FORMAT_PATTERNS.class },
             { type: "string", enum: Object.keys(CLASS_NAMES) },
+            WRITTEN_AS_NUMBER.class,
           ],
+        };
+      }
+      if (schema.format === "pci-id" || schema.format === "serial") {
+        // Read as written, as a class is (parseConfig's prepare): `device_id: 1521`, as lspci -nn
+        // prints it, is the ID 1521, though YAML reads a number.
+        const text = { type: "string", pattern: FORMAT_PATTERNS[schema.format] };
+        return {
+          description: schema.description,
+          anyOf: [text, WRITTEN_AS_NUMBER[schema.format]],
         };
       }
       if (schema.format === "slot") {
