@@ -512,6 +512,16 @@ export const NOT_IN_XML_CHARS = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff
 
 type JsonSchema = Record<string, unknown>;
 
+/** A pattern matching any of `words` in any case: JSON Schema's patterns take no `i` flag. */
+function anyCase(words: readonly string[]): string {
+  const caseless = (word: string) =>
+    [...word].map((c) =>
+      // Names hold letters, digits and "-", which needs no escape outside a class.
+      c.toLowerCase() === c.toUpperCase() ? c : `[${c.toLowerCase()}${c.toUpperCase()}]`
+    ).join("");
+  return `^(${words.map(caseless).join("|")})$`;
+}
+
 /**
  * What an editor sees of a match criterion YAML reads as a number (`vendor_id: 0x10de` is 4318 to
  * it, `class: 0300` is 300), which the config reader takes as written: a non-negative integer no
@@ -536,6 +546,9 @@ function toJsonSchema(schema: Schema): JsonSchema {
           anyOf: [
             { type: "string", pattern: FORMAT_PATTERNS.class },
             { type: "string", enum: Object.keys(CLASS_NAMES) },
+            // The reader takes a name in any case (`VGA`, as lspci prints it); the enum above
+            // is what an editor offers to complete.
+            { type: "string", pattern: anyCase(Object.keys(CLASS_NAMES)) },
             WRITTEN_AS_NUMBER.class,
           ],
         };

@@ -96,8 +96,9 @@ Deno.test("every config sample, the example and the demo's config validate again
 
 Deno.test("what parseConfig() takes as written, the JSON schema takes too", () => {
   // parseConfig() takes the IDs, classes and serials YAML reads as numbers as they are written
-  // (device_id: 1521, as lspci -nn prints it); the schema wanted a string, so an editor marked a
-  // config as wrong that plan then took.
+  // (device_id: 1521, as lspci -nn prints it), and a class name in any case (VGA, as lspci
+  // prints it); the schema wanted a string, or lower case, so an editor marked a config as wrong
+  // that plan then took.
   const rule = (match: string) =>
     `version: 1\nvms:\n  vm:\n    devices:\n      - match: { ${match} }\n`;
   const taken = [
@@ -107,6 +108,8 @@ Deno.test("what parseConfig() takes as written, the JSON schema takes too", () =
     "class: 0300",
     "class: 03",
     "class: 0x030000",
+    "class: VGA",
+    "class: NVMe",
     "slot: 3",
     "serial: 0011223344556677",
   ];
