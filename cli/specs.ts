@@ -29,9 +29,10 @@ JSON keys of a device (the config's match key in brackets): address [address], v
 [vendor_id], deviceId [device_id], subsystemVendorId [subsystem_vendor_id], subsystemDeviceId
 [subsystem_device_id], classCode [class], revision, vendorName, deviceName, className,
 driver [driver], modules, iommuGroup, numaNode [numa_node], physicalSlot [slot], isBridge,
-physfn, virtfns, bootVga, flr, serial [serial], for an SR-IOV physical function sriovTotalVfs,
-sriovNumVfs and macAddress (its interface's MAC), and hostCritical: why the host needs it (what
-'plan' refuses), or null.`
+rootBus (on a PCI root bus; absent where the tree's links do not say), physfn, virtfns,
+bootVga, flr, serial [serial], for an SR-IOV physical function sriovTotalVfs, sriovNumVfs and
+macAddress (its interface's MAC), and hostCritical: why the host needs it (what 'plan'
+refuses), or null.`
   .trim();
 
 /** `passthrough devices`. */

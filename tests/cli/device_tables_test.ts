@@ -521,3 +521,23 @@ Deno.test("devices --help names the config's match key of every JSON key that ha
     assertOk(help.includes(`[${key}]`), `${key} is not named in devices --help`);
   }
 });
+
+Deno.test("devices --help and groups --help name every key their --json prints of a device", async () => {
+  // README: "--json prints every field a rule can match (the keys are listed in devices --help)";
+  // rootBus was printed and listed nowhere, so a script could not tell what it meant.
+  const printed = new Set<string>();
+  const devices = JSON.parse((await run(["devices", ...HOST, "--json"])).out) as object[];
+  const groups = JSON.parse((await run(["groups", ...HOST, "--json"])).out) as {
+    devices: object[];
+  }[];
+  for (const device of [...devices, ...groups.flatMap((g) => g.devices)]) {
+    for (const key of Object.keys(device)) printed.add(key);
+  }
+  assertOk(printed.has("rootBus"), [...printed].join(" "));
+  for (const command of ["devices", "groups"]) {
+    const help = (await run([command, "--help"])).out.replace(/\s+/g, " ");
+    const keys = help.slice(help.indexOf("JSON keys of a device"));
+    const missing = [...printed].filter((key) => !new RegExp(`\\b${key}\\b`).test(keys));
+    assertEquals(missing, [], `${command} --help`);
+  }
+});
