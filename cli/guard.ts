@@ -83,7 +83,8 @@ function elsewhere(vm: string, uri: string, values: Parsed<typeof GUARD>["values
 /**
  * Where the allowance for the VM `uuid` of `uri` goes, with the hook installed in `hooksDir`: for
  * the system daemon's VMs, whose starts run the hook, where `--state-dir` says, else where the hook
- * reads; for others' (the test driver, a session) their own state directory, never the hook's: a
+ * reads; for others' (the test driver, a session) their own state directory, never the hook's
+ * (nor, with no hook installed, the one `hook install` reads by default): a
  * test world copied from the host's definitions has the host's UUIDs, so its allowance there would
  * let the host's VM start unchecked.
  */
@@ -97,9 +98,11 @@ function allowanceDir(
   if (isSystemQemuUri(uri)) return installed;
   const own = guardStateDirFor(uri, values["state-dir"], io.env, { hooksDir });
   if (own !== null) return { ...own, hook: installed.hook };
-  const reads = installed.unreadable === null
-    ? "reads it there"
-    : `may read it there (this user cannot read ${installed.unreadable})`;
+  const reads = installed.unreadable !== null
+    ? `may read it there (this user cannot read ${installed.unreadable})`
+    : installed.hook === null
+    ? "reads it there once installed (passthrough hook install's default)"
+    : "reads it there";
   throw new Error(
     `Cannot give an allowance for the VMs of "${redactSecrets(uri)}" in ${installed.stateDir}: ` +
       `the start guard ${reads} for the VMs of ${GUARD_URI}, whose VM with UUID ${uuid} would ` +

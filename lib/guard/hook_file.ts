@@ -17,6 +17,7 @@ import { dirname, join, realPathOfExisting, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
 import { errorText } from "../render/error_text.ts";
 import {
+  DEFAULT_STATE_DIR,
   readOwnFileSync,
   resolveStateDirPath,
   StateDirError,
@@ -919,9 +920,10 @@ export function guardStateDir(
  * Where the start guard's files for the VMs of the local `uri` are: for the system daemon's, whose
  * starts run the installed hook, where that hook reads them whatever `--state-dir` says; for
  * others' (the test driver, a session), which no hook guards, the state directory this run was
- * given, unless that is the hook's by any spelling or link (or may be, the hook being unreadable):
- * `null` then, as a rehearsal's policies there would change the host's VMs' starts, and its
- * refusals are theirs.
+ * given, unless that is the hook's by any spelling or link (or may be, the hook being unreadable),
+ * or, with no hook installed, the one `hook install` reads by default ({@link DEFAULT_STATE_DIR}):
+ * `null` then, as a rehearsal's policies there would change the host's VMs' starts (now, or once
+ * the hook is installed), and its refusals are theirs.
  */
 export function guardStateDirFor(
   uri: string,
@@ -934,6 +936,7 @@ export function guardStateDirFor(
   const stateDir = resolveStateDirPath({ flag, env });
   if (hook !== null && samePath(hook.stateDir, stateDir)) return null;
   if (unreadable !== null && flag === undefined) return null;
+  if (hook === null && unreadable === null && samePath(DEFAULT_STATE_DIR, stateDir)) return null;
   return { stateDir, hook: null, unreadable: null };
 }
 

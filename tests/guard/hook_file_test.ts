@@ -7,6 +7,7 @@ import { shellQuote } from "../../lib/render/shell.ts";
 import {
   checkCommand,
   findTimeout,
+  guardStateDirFor,
   HOOK_FILE_NAME,
   type HookSettings,
   inspectHook,
@@ -825,4 +826,30 @@ Deno.test("installHook() killed at any step leaves no executable file in the hoo
       assertEquals(removeHook(hooks).removed, true);
     }
   });
+});
+
+Deno.test("guardStateDirFor() keeps a test world's or a session's guard files out of the state directory a hook would read once installed", () => {
+  // With no hook installed yet, an apply over the test driver recorded its config's policies
+  // (guard: off) in /var/lib/passthrough, where `sudo passthrough hook install` then pointed the
+  // hook: the host's VM of the same UUID started unchecked, after a rehearsal.
+  const hooksDir = Deno.makeTempDirSync({ prefix: "passthrough-no-hook-" });
+  try {
+    const env = () => undefined;
+    for (const uri of ["test:///tmp/world.xml", "qemu:///session"]) {
+      assertEquals(guardStateDirFor(uri, undefined, env, { hooksDir }), null, uri);
+      assertEquals(guardStateDirFor(uri, "/var/lib/passthrough/", env, { hooksDir }), null, uri);
+      // Another directory is the rehearsal's own.
+      assertEquals(
+        guardStateDirFor(uri, "/tmp/rehearsal", env, { hooksDir })?.stateDir,
+        "/tmp/rehearsal",
+      );
+    }
+    // The system daemon's VMs: where a hook installed by default will read.
+    assertEquals(
+      guardStateDirFor("qemu:///system", undefined, env, { hooksDir })?.stateDir,
+      "/var/lib/passthrough",
+    );
+  } finally {
+    Deno.removeSync(hooksDir, { recursive: true });
+  }
 });
