@@ -97,7 +97,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 9;
+export const HOOK_FORMAT = 10;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -183,7 +183,8 @@ case $status in 1 | 125 | 126 | 127)
       printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again); if passthrough moved, reinstall with "%s" from where it is now; if it was removed, remove this hook: rm '"'"'%s'"'"'\\n' "$1" "$file" ${reinstall} "$hook" >&2
       exit 1
     fi
-  done ;;
+  done
+${cacheChecks(settings)}  ;;
 esac
 case $status in
   124)
@@ -202,6 +203,40 @@ case $status in
     exit 1 ;;
 esac
 `;
+}
+
+/**
+ * What may stand where `deno run` of the check keeps Deno's cache: the cache (`DENO_DIR`) and the
+ * state directory it is in, each with its name in the hook's lines and `hook status`.
+ */
+function cacheDirs(settings: HookSettings): [string, string][] {
+  const denoDir = settings.env.DENO_DIR;
+  // Only `deno run` is known to stop there: a compiled binary (`hook run`) runs the check itself,
+  // whose own lines say what it cannot read or record.
+  if (denoDir === undefined || settings.command[1] !== "run") return [];
+  const dirs: [string, string][] = [
+    [settings.stateDir, "its state directory"],
+    [denoDir, "its Deno cache"],
+  ];
+  return dirs.filter(([dir]) => dir === denoDir || denoDir.startsWith(`${dir}/`));
+}
+
+/**
+ * The hook's lines that name a file standing where the check's Deno cache goes: Deno then stops
+ * (exit 1) before the check runs, in words naming neither the VM nor the file ("Error loading
+ * .npmrc").
+ */
+function cacheChecks(settings: HookSettings): string {
+  return cacheDirs(settings).map(([dir, what]) => {
+    const path = shellQuote(dir);
+    return `  if [ -e ${path} ] && [ ! -d ${path} ]; then
+    printf 'passthrough guard: refusing to start "%s": %s %s is not a directory, so the check cannot run (Deno keeps its cache there); move that file aside, and the next start makes the directory again; see "%s"\\n' "$1" ${
+      shellQuote(what)
+    } ${path} "$see" >&2
+    exit 1
+  fi
+`;
+  }).join("");
 }
 
 /** The settings line of a hook script, or `null` when `text` is not a passthrough hook. */
@@ -878,6 +913,12 @@ export interface HookInspection {
    * start, checking nothing.
    */
   sysfsMissing: boolean;
+  /**
+   * A file (not a directory) where the check's Deno cache goes: the hook's state directory, or
+   * the cache in it; `null` when none. Deno then stops before the check runs, refusing every
+   * start.
+   */
+  cacheBlocked: string | null;
 }
 
 /**
@@ -1159,7 +1200,8 @@ export interface HookFileProblem {
 /**
  * What is wrong with the passthrough hook that `inspection` found (`[]` when nothing is), for
  * `hook status` and `doctor` alike: not executable, not as written, open to another user, its
- * state directory a link, its captured tree gone, a program it runs missing, written by a
+ * state directory a link, a file where its Deno cache goes, its captured tree gone, a program it
+ * runs missing, written by a
  * passthrough other than `version`, or running the bundle `options.staleBundle`
  * ({@link staleBundle}). `install` is the command that writes it again ({@link installCommand}).
  *
@@ -1168,7 +1210,7 @@ export interface HookFileProblem {
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const inspection = { path: "/etc/libvirt/hooks/qemu.d/50-passthrough-guard",
  *   executable: false, intact: true, format: HOOK_FORMAT, unsafe: [], programs: [],
- *   settings: null, stateDirLink: null, sysfsMissing: false };
+ *   settings: null, stateDirLink: null, sysfsMissing: false, cacheBlocked: null };
  * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
  *   severity: "fail", text: "not executable, so libvirt skips it",
  *   fix: "passthrough hook install",
@@ -1187,6 +1229,7 @@ export function hookFileProblems(
     | "settings"
     | "stateDirLink"
     | "sysfsMissing"
+    | "cacheBlocked"
   >,
   version: string,
   install: string,
@@ -1208,6 +1251,7 @@ export function hookFileProblems(
     );
   }
   problems.push(...stateDirLinkProblem(inspection, install));
+  problems.push(...cacheBlockedProblem(inspection));
   problems.push(...sysfsMissingProblem(inspection));
   for (const program of inspection.programs.filter((p) => !p.exists)) {
     fail(
@@ -1241,6 +1285,23 @@ function stateDirLinkProblem(
       target === "" ? " that leads nowhere" : ` to ${target}`
     }, which the check refuses: it reads no allowance and records no refusal`,
     fix: target === "" ? `rm ${s}, then ${install}` : `rm ${s} && mv ${t} ${s}`,
+  }];
+}
+
+/**
+ * A file where the check's Deno cache goes, so every start is refused; `[]` when none. Moved
+ * aside, not removed: passthrough did not write it.
+ */
+function cacheBlockedProblem(
+  { settings, cacheBlocked }: Pick<HookInspection, "settings" | "cacheBlocked">,
+): HookFileProblem[] {
+  if (settings === null || cacheBlocked === null) return [];
+  const what = cacheDirs(settings).find(([dir]) => dir === cacheBlocked)?.[1] ?? "the path";
+  return [{
+    severity: "fail",
+    text: `${what} ${cacheBlocked} is not a directory: the check cannot run (Deno keeps its ` +
+      "cache there), so every VM start is refused",
+    fix: `mv ${shellWord(cacheBlocked)} ${shellWord(`${cacheBlocked}.aside`)}`,
   }];
 }
 
@@ -1298,6 +1359,18 @@ export function sysfsTreePresent(sysfs: string, reader?: Pick<SysfsReader, "list
   } catch {
     return true;
   }
+}
+
+/** The first of {@link cacheDirs} that is there and is not a directory, else `null`. */
+function cacheBlocked(settings: HookSettings): string | null {
+  for (const [dir] of cacheDirs(settings)) {
+    try {
+      if (!Deno.statSync(dir).isDirectory) return dir;
+    } catch {
+      // Missing (the check makes it), or not for this user to see: the check's run says.
+    }
+  }
+  return null;
 }
 
 /** Where `path` leads when it is a symbolic link (`""` when nowhere), else `null`. */
@@ -1358,6 +1431,7 @@ export function inspectHook(
         leftovers,
         stateDirLink: null,
         sysfsMissing: false,
+        cacheBlocked: null,
       };
     }
     throw error;
@@ -1398,5 +1472,6 @@ export function inspectHook(
     leftovers,
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
     sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs, reader),
+    cacheBlocked: settings === null ? null : cacheBlocked(settings),
   };
 }

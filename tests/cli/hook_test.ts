@@ -2053,6 +2053,55 @@ Deno.test("a hook started on a deleted state directory makes it again root's alo
   }
 });
 
+Deno.test("a hook whose state directory or Deno cache became a file refuses every start naming the VM and the file, hook status says so, and its fix works", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-file-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    const hooks = `${dir}/qemu.d`;
+    const start = () => runHook(hook, ["plain", "prepare", "begin", "-"], testDomainXml("plain"));
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      const report = JSON.parse(run.stdout);
+      return { code: run.code, problems: report.problems, fix: report.fix };
+    };
+    for (
+      const [path, what] of [
+        [`${dir}/state`, "its state directory"],
+        [`${dir}/state/deno`, "its Deno cache"],
+      ]
+    ) {
+      // A file where the directory was (a restore, a mistyped redirection): Deno, which keeps the
+      // check's cache there, stops before the check runs, in words naming neither.
+      await Deno.remove(path!, { recursive: true });
+      Deno.writeTextFileSync(path!, "not a directory\n");
+      const refused = await start();
+      assertEquals([refused.code, refused.stdout], [1, ""], refused.stderr);
+      assertOk(
+        refused.stderr.endsWith(
+          `passthrough guard: refusing to start "plain": ${what} ${path} is not a directory, so ` +
+            "the check cannot run (Deno keeps its cache there); move that file aside, and the " +
+            `next start makes the directory again; see "passthrough hook status --hooks-dir ${hooks}"\n`,
+        ),
+        refused.stderr,
+      );
+      assertEquals(await status(), {
+        code: 1,
+        problems: [
+          `${what} ${path} is not a directory: the check cannot run (Deno keeps its cache ` +
+          "there), so every VM start is refused",
+        ],
+        fix: `mv ${path} ${path}.aside`,
+      });
+      Deno.renameSync(path!, `${path}.aside`);
+      assertEquals(await start(), { code: 0, stdout: "", stderr: "" });
+      assertEquals(await status(), { code: 0, problems: [], fix: null });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("guard allow says a refusal of another function of the IOMMU group names that function, not the passed device as one the host needs", async () => {
   // The Z690 GPU's group 21 merged with the chipset's audio, on vfio-pci and given to running VM
   // "nas": the refusal is of the audio, which the host does not need.

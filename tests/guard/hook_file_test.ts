@@ -136,6 +136,42 @@ Deno.test({
 });
 
 Deno.test({
+  name: "the hook names a file standing where deno run keeps the check's cache, and leaves a " +
+    "compiled binary's failure to its own lines",
+  ignore: TIMEOUT === null,
+  async fn() {
+    await withDir(async (dir) => {
+      // The check failing as Deno does over such a file: exit 1.
+      const check = standIn(dir, 1);
+      const state = `${dir}/state`;
+      Deno.writeTextFileSync(state, "not a directory\n");
+      // Then the hook status to read, with this hook's directory quoted for the shell.
+      const line = `passthrough guard: refusing to start "vm": its state directory ${state} is ` +
+        "not a directory, so the check cannot run (Deno keeps its cache there); move that file " +
+        `aside, and the next start makes the directory again; see "passthrough hook status `;
+      for (
+        const [command, stderr] of [
+          [[check, "run", "hook_check.ts"], line],
+          // A compiled binary: passthrough hook run.
+          [[check, "hook", "run"], ""],
+        ] as const
+      ) {
+        const script = renderHookScript({
+          ...settings([...command]),
+          env: { DENO_DIR: `${state}/deno`, HOME: `${state}/deno` },
+          stateDir: state,
+        });
+        const { path } = installHook(dir, script);
+        const run = await runScript(path, ["vm", "prepare", "begin", "-"]);
+        assertEquals([run.code, run.stdout], [1, ""], command.join(" "));
+        assertEquals(run.stderr.slice(0, stderr.length), stderr, command.join(" "));
+        assertEquals(run.stderr === "", stderr === "", run.stderr);
+      }
+    });
+  },
+});
+
+Deno.test({
   name: "the hook refuses when the check refuses, cannot run, or misses its deadline",
   ignore: TIMEOUT === null,
   async fn() {
