@@ -86,7 +86,8 @@ function settingsFor(
 
 function parseDeadline(text: string | undefined): number {
   if (text === undefined) return DEFAULT_DEADLINE_SECONDS;
-  const n = Number(text);
+  // Digits alone: Number() also reads "0x10" as 16 and "6e2" as 600.
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
   if (!Number.isInteger(n) || n < 1 || n > 600) {
     throw new UsageError(
       `--deadline must be a whole number of seconds from 1 to 600, not "${text}"`,

@@ -1443,6 +1443,25 @@ Deno.test("hook and guard refuse bad usage with exit 2", async () => {
   }
 });
 
+Deno.test("hook install refuses a --deadline JavaScript reads as a number but that is no whole number of seconds as written, and writes no hook", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-deadline-" });
+  try {
+    for (const deadline of ["0x10", "6e2", "0b11", "0o7"]) {
+      const run = await runCli(installArgs(dir, "/sys").toSpliced(2, 0, "--deadline", deadline));
+      assertEquals([run.code, run.stdout], [2, ""], `--deadline ${deadline}: ${run.stderr}`);
+      assertMatch(
+        run.stderr,
+        new RegExp(
+          `^passthrough hook: --deadline must be a whole number of seconds from 1 to 600, not "${deadline}"\n`,
+        ),
+      );
+      assertEquals(pathExists(`${dir}/qemu.d`), false);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "doctor reports the hook missing before install and in place after",
   ignore: livePciMissing() !== null,
