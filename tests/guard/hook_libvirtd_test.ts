@@ -447,6 +447,64 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "beside failing hooks of your own on a real libvirtd, virsh start shows the last failure, " +
+    "the guard's over the qemu hook's and a later qemu.d script's over the guard's, whose " +
+    "refusal is recorded all the same" +
+    (daemonUnavailable() === null ? "" : ` (skipped: ${daemonUnavailable()})`),
+  ignore: daemonUnavailable() !== null,
+  async fn() {
+    const host = loadFixtureHost("x570-aorus-pro-wifi");
+    const gpu = "0000:0c:00.0";
+    host.host_use = [{ address: gpu, reason: "console-vga", detail: "boot_vga=1 with fbcon" }];
+    await using tree = await tempHostTree(host);
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-order-" });
+    try {
+      const hooksDir = `${dir}/hooks`;
+      const state = `${dir}/state`;
+      await installHook(`${hooksDir}/qemu.d`, state, "--sysfs", tree.dir);
+      // Hooks of the user's that fail at prepare begin: libvirt runs qemu first, then qemu.d's
+      // executables in name order, every one even after another failed.
+      const failing = (path: string) =>
+        Deno.writeTextFileSync(
+          path,
+          `#!/bin/sh\n[ "$2" = prepare ] || exit 0\necho "${
+            path.slice(hooksDir.length)
+          } failed" >&2\nexit 1\n`,
+          { mode: 0o755 },
+        );
+      failing(`${hooksDir}/qemu`);
+      const vm = `guard-order-${crypto.randomUUID().slice(0, 8)}`;
+      const xml = domainXml(vm, [gpu], []);
+      await Deno.writeTextFile(`${dir}/${vm}.xml`, xml);
+      {
+        await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
+        assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
+        const start = await startOnce(daemon.uri, vm);
+        assertEquals(start.code, 1, start.out);
+        assertMatch(start.out, new RegExp(`passthrough guard: refusing to start "${vm}"`));
+        assert.doesNotMatch(start.out, /\/qemu failed/);
+      }
+      failing(`${hooksDir}/qemu.d/90-after`);
+      {
+        // Seen by a daemon started after it.
+        await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
+        assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
+        const start = await startOnce(daemon.uri, vm);
+        assertEquals(start.code, 1, start.out);
+        assertMatch(start.out, /Hook script execution failed: .*\/qemu\.d\/90-after failed/);
+        assert.doesNotMatch(start.out, /passthrough guard/);
+        // Not shown, but recorded: the next plan shows it as guard-refused.
+        const [record] = readRefusalRecords(state).filter((r) => r.vm === vm);
+        assertEquals(record?.refusals.map((r) => [r.address, r.kind]), [[gpu, "host-needs"]]);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "the installed hook refuses a device the host needs on each way libvirt starts a VM, " +
     "and libvirt runs no hook for a hot-plug" + (skip === null ? "" : ` (skipped: ${skip})`),
   ignore: skip !== null,
