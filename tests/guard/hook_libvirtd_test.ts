@@ -17,6 +17,7 @@ import { allowNextStart, readRefusalRecords, recordPolicies } from "../../lib/gu
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { signalProcess } from "../../ffi/libc_fs.ts";
+import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
 
 const VIRSH = "/usr/bin/virsh";
 
@@ -440,6 +441,97 @@ Deno.test({
       const remove = await runCli(["hook", "remove", ...hooks]);
       assertEquals(remove.code, 0, remove.stderr);
       assertEquals(treeOf(hooksDir), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "after apply on a real libvirtd, the hook lets virsh start past while the captured host " +
+    "is as applied, and refuses it, naming the VM, the device and the fix, once the card is " +
+    "replaced or gone or its IOMMU group holds a device the host needs" +
+    (daemonUnavailable() === null ? "" : ` (skipped: ${daemonUnavailable()})`),
+  ignore: daemonUnavailable() !== null,
+  async fn(t) {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-applied-" });
+    const [hooksDir, state, tree] = [`${dir}/hooks`, `${dir}/state`, `${dir}/tree`];
+    const applied = loadFixtureHost("x570-aorus-pro-wifi");
+    // The host as it stands now, in the tree the hook reads: rebuilt whole, as a reboot would.
+    const hostNow = (change: (host: HostDescription) => void = () => {}) => {
+      const host = structuredClone(applied);
+      change(host);
+      Deno.removeSync(tree, { recursive: true });
+      Deno.mkdirSync(tree);
+      buildHostTree(host, tree);
+    };
+    const device = (host: HostDescription, bdf: string) => host.devices.find((d) => d.bdf === bdf)!;
+    const vm = `guard-applied-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      Deno.mkdirSync(tree, { recursive: true });
+      hostNow();
+      await installHook(`${hooksDir}/qemu.d`, state, "--sysfs", tree);
+      await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
+      await Deno.writeTextFile(`${dir}/${vm}.xml`, domainXml(vm, [], []));
+      assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
+      try {
+        await Deno.writeTextFile(
+          `${dir}/config.yaml`,
+          `version: 1\nvms:\n  ${vm}:\n    devices:\n` +
+            `      - { name: gpu, match: { vendor_device_id: "10de:1b06" } }\n`,
+        );
+        const apply = await applyYes(`${dir}/config.yaml`, tree, daemon.uri, state);
+        assertEquals(apply.code, 0, apply.stderr);
+        const start = async () => {
+          const run = await virsh(daemon.uri, "start", vm);
+          console.log(`$ virsh start ${vm}\n${run.out.trim()}`);
+          assertEquals(run.code, 1, run.out);
+          return run.out;
+        };
+        // The start fails later, in libvirt, for lack of VFIO: not in the hook.
+        const passes = async () =>
+          assert.doesNotMatch(await start(), /Hook script execution failed|passthrough guard/);
+        const refused = async (reason: string) =>
+          assertMatch(
+            await start(),
+            new RegExp(
+              `Hook script execution failed: .*passthrough guard: refusing to start "${vm}": ` +
+                `${reason}.*; fix: .*passthrough plan --vm ${vm}`,
+            ),
+          );
+        await t.step("as applied: passes", passes);
+        await t.step("another card at the GPU's address: refused", async () => {
+          hostNow((host) => device(host, "0000:0b:00.0").device = "0x2684");
+          await refused(
+            "hostdev 0000:0b:00.0 holds 10de:2684 \\(class 030000\\) now, not the recorded " +
+              '10de:1b06 \\(class 030000\\) of rule "gpu"',
+          );
+        });
+        await t.step("the card gone: refused", async () => {
+          hostNow((host) =>
+            host.devices = host.devices.filter((d) => !d.bdf.startsWith("0000:0b"))
+          );
+          await refused("hostdev 0000:0b:00.0 holds no device now, not the recorded 10de:1b06");
+        });
+        await t.step("its group merged with the root disk's controller: refused", async () => {
+          hostNow((host) => {
+            device(host, "0000:01:00.0").group = 30;
+            host.host_use = [
+              { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+            ];
+          });
+          await refused(
+            "hostdev 0000:0b:00.0's IOMMU group 30 also holds 0000:01:00.0, .*; the host needs " +
+              "it: in use by the host \\(mounted-filesystem: / on nvme0n1p2\\)",
+          );
+        });
+        await t.step("as applied again: passes", async () => {
+          hostNow();
+          await passes();
+        });
+      } finally {
+        await virsh(daemon.uri, "undefine", vm);
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
