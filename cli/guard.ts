@@ -17,9 +17,15 @@ import {
 } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
-import { DEFAULT_HOOKS_DIR, guardStateDir, guardStateDirFor } from "../lib/guard/hook_file.ts";
+import {
+  DEFAULT_HOOKS_DIR,
+  guardStateDir,
+  guardStateDirFor,
+  otherHookProblem,
+  otherHooksIn,
+} from "../lib/guard/hook_file.ts";
 import { GUARD_URI } from "../lib/guard/layout.ts";
-import { followUpCommand } from "../lib/render/shell.ts";
+import { followUpCommand, shellWord } from "../lib/render/shell.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { connectTarget } from "./connect.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
@@ -138,6 +144,10 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
           : `, and guards the VMs of ${GUARD_URI}, not those of "${redactSecrets(uri)}"`
       }\n`,
     );
+  }
+  // A copy of the hook beside it uses the allowance up, or refuses the start this one allows.
+  for (const other of otherHooksIn(hooksDir)) {
+    io.out(`Note: ${otherHookProblem(other)}: rm ${shellWord(other)}\n`);
   }
   return Promise.resolve(0);
 }

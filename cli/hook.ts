@@ -33,6 +33,8 @@ import {
   inspectHook,
   installCommand,
   installHook,
+  otherHookProblem,
+  otherHooksIn,
   readByLibvirt,
   removeHook,
   renderHookScript,
@@ -198,6 +200,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ...policyMessages(stateDir, previous?.stateDir ?? null),
     // Unchanged: nothing new for the daemon to see.
     ...(result.changed ? reloadMessages(hooksDir, stateDir) : []),
+    ...otherHookNotes(hooksDir),
   ];
   io.out(
     values.json
@@ -212,6 +215,21 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
  * `hook install` with the hook's settings, or `setup.sh` where its bundle is stale.
  */
 function hookProblems(
+  inspection: HookInspection,
+  expected: string | null,
+): { problems: string[]; fix: string | null } {
+  const found = hookFileFindings(inspection, expected);
+  if (inspection.others.length === 0) return found;
+  // Never removed by passthrough (it did not write them there): each by hand.
+  const removals = inspection.others.map((path) => `rm ${shellWord(path)}`);
+  return {
+    problems: [...found.problems, ...inspection.others.map(otherHookProblem)],
+    fix: [...(found.fix === null ? [] : [found.fix]), ...removals].join("; "),
+  };
+}
+
+/** {@link hookProblems} of the hook file itself and an install's leftovers. */
+function hookFileFindings(
   inspection: HookInspection,
   expected: string | null,
 ): { problems: string[]; fix: string | null } {
@@ -247,6 +265,13 @@ function hookProblems(
     problems,
     fix: problems.length === 0 ? null : fixes.length === 0 ? fix : fixes.join("; "),
   };
+}
+
+/** A note for each other passthrough hook in `hooksDir`, which libvirt runs too. */
+function otherHookNotes(hooksDir: string): string[] {
+  return otherHooksIn(hooksDir).map((path) =>
+    `Note: ${otherHookProblem(path)}: rm ${shellWord(path)}`
+  );
 }
 
 /** The file system, as {@link staleBundle} reads a checkout. */
@@ -381,6 +406,7 @@ function remove({ values }: HookLine<"remove">, io: CliIo): number {
     [
       removed ? `Removed the start guard: ${path}` : `No hook at ${path}`,
       ...leftovers.map((leftover) => `Removed ${leftover}, left from an interrupted install`),
+      ...otherHookNotes(dir),
     ].join("\n") + "\n",
   );
   return 0;

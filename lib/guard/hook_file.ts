@@ -435,6 +435,44 @@ function leftoversIn(dir: string): string[] {
 }
 
 /**
+ * The other passthrough hooks in `dir`, sorted: executable regular files beside
+ * {@link HOOK_FILE_NAME} (a copy kept as `50-passthrough-guard.bak`, one renamed), which libvirt
+ * runs at every start too, each a guard by its own settings: one of the two uses up the allowance
+ * `guard allow` gives, and the other refuses the start. A file too large to be one, or that cannot
+ * be read, is none.
+ */
+export function otherHooksIn(dir: string): string[] {
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name);
+  } catch {
+    return [];
+  }
+  return names.filter((name) => name !== HOOK_FILE_NAME && !LEFTOVER.test(name)).sort()
+    .map((name) => join(dir, name)).filter((path) => {
+      try {
+        const info = Deno.lstatSync(path);
+        if (!info.isFile || ((info.mode ?? 0) & 0o111) === 0 || info.size > MAX_HOOK_BYTES) {
+          return false;
+        }
+        return isPassthroughHook(readHookFile(path));
+      } catch {
+        return false;
+      }
+    });
+}
+
+/**
+ * Why a passthrough hook other than {@link HOOK_FILE_NAME} in its directory is a problem, for
+ * `hook install`, `status`, `remove` and `doctor`; removing it (`rm`) is the fix.
+ */
+export function otherHookProblem(path: string): string {
+  return `${path} is another passthrough hook, which libvirt also runs at every start: a guard ` +
+    "allow lets no start through (one of the two uses it up, the other refuses), and it checks " +
+    "by its own settings";
+}
+
+/**
  * Removes `dir/name`, a temporary hook; one already gone counts as removed: another install
  * running at the same moment placed its own, or removed it too.
  */
@@ -901,6 +939,11 @@ export interface HookInspection {
    * installs leave now, which libvirt never runs and which are not listed here.
    */
   leftovers: string[];
+  /**
+   * The other passthrough hooks in the directory (a copy kept beside the hook), which libvirt
+   * runs at every start too; never removed by passthrough.
+   */
+  others: string[];
   /**
    * When the state directory the hook reads has become a symbolic link since its install (which
    * refuses one, as the check does: it then reads no allowance and records no refusal): where it
@@ -1429,6 +1472,7 @@ export function inspectHook(
         format: 0,
         unsafe: [],
         leftovers,
+        others: otherHooksIn(dir),
         stateDirLink: null,
         sysfsMissing: false,
         cacheBlocked: null,
@@ -1470,6 +1514,7 @@ export function inspectHook(
     format,
     unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
     leftovers,
+    others: otherHooksIn(dir),
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
     sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs, reader),
     cacheBlocked: settings === null ? null : cacheBlocked(settings),

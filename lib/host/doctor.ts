@@ -21,10 +21,12 @@ import {
   hookFileProblems,
   type HookInspection,
   installCommand,
+  otherHookProblem,
   type StaleBundle,
   unreadableHookReason,
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
+import { shellWord } from "../render/shell.ts";
 import { libvirtAccessAdvice, someOf } from "../render/error_text.ts";
 import { isRemoteUri, sessionDriver } from "../config/uri.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
@@ -1145,6 +1147,15 @@ function checkHook(facts: HookDoctorFacts | Error, libvirtVersion: string | null
         inspection.leftovers.join(", ")
       } left from an interrupted install: libvirt runs it at every start, stop and daemon restart if it is executable, and fails (a failure at reconnect stops running guests)`,
       hint: `${install} (it removes them)`,
+    };
+  }
+  if (inspection.others.length > 0) {
+    // Never removed by passthrough (it did not write them there): each by hand.
+    return {
+      check: "hook",
+      status: "fail",
+      summary: inspection.others.map(otherHookProblem).join("; "),
+      hint: inspection.others.map((path) => `rm ${shellWord(path)}`).join("; "),
     };
   }
   if (!inspection.present) {

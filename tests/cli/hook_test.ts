@@ -27,7 +27,7 @@ import {
   renderHookScript,
 } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
-import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
+import { allowNextStart, recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 import { guardCheck } from "../../lib/guard/run.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
@@ -2116,6 +2116,61 @@ Deno.test("a hook whose state directory or Deno cache became a file refuses ever
       assertEquals(await start(), { code: 0, stdout: "", stderr: "" });
       assertEquals(await status(), { code: 0, problems: [], fix: null });
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a copy of the hook kept beside it in qemu.d, which libvirt runs too and which refuses the start guard allow lets through, is reported by hook install, status and remove", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-copy-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    const hooks = `${dir}/qemu.d`;
+    // Kept before an update, as cp -p keeps it: executable, so libvirt runs it after the hook.
+    const copy = `${hook}.bak`;
+    Deno.copyFileSync(hook, copy);
+    Deno.chmodSync(copy, 0o755);
+    // A guard allow lets neither through: the hook uses the allowance up, the copy refuses.
+    allowNextStart(`${dir}/state`, "win11", { uuid: WIN11_UUID });
+    const starts = [];
+    for (const path of [hook, copy]) {
+      starts.push((await runHook(path, ["win11", "prepare", "begin", "-"], MOVED)).code);
+    }
+    assertEquals(starts, [0, 1]);
+
+    const problem = `${copy} is another passthrough hook, which libvirt also runs at every ` +
+      "start: a guard allow lets no start through (one of the two uses it up, the other " +
+      "refuses), and it checks by its own settings";
+    const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+    assertEquals(status.code, 1, status.stdout);
+    const report = JSON.parse(status.stdout);
+    assertEquals([report.problems, report.fix], [[problem], `rm ${copy}`]);
+    const install = await runCli([...installArgs(dir, tree.dir)]);
+    assertEquals(install.code, 0, install.stderr);
+    assertOk(install.stdout.includes(`\nNote: ${problem}: rm ${copy}\n`), install.stdout);
+    // guard allow, whose allowance the copy makes useless, says so too.
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      hooks,
+      "--state-dir",
+      `${dir}/rehearsal`,
+    ]);
+    assertEquals(allow.code, 0, allow.stderr);
+    assertOk(allow.stdout.endsWith(`\nNote: ${problem}: rm ${copy}\n`), allow.stdout);
+    const remove = await runCli(["hook", "remove", "--hooks-dir", hooks]);
+    assertEquals(remove.code, 0, remove.stderr);
+    assertEquals(
+      remove.stdout,
+      `Removed the start guard: ${hook}\nNote: ${problem}: rm ${copy}\n`,
+    );
+    // Not removed: passthrough never deletes a file it did not write there.
+    assertEquals(pathExists(copy), true);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

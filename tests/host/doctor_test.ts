@@ -572,6 +572,19 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     /^passthrough hook install --hooks-dir (\S+) --state-dir \1\/state \(it removes them\)$/,
   );
   assertMatch(leftover.summary, /\.50-passthrough-guard\.x\.tmp left from an interrupted install/);
+  // A copy kept beside it, which libvirt runs too: removed by hand, never by passthrough.
+  const copy = await hookFinding({}, {
+    change: (dir) => {
+      const path = `${dir}/50-passthrough-guard`;
+      Deno.writeTextFileSync(`${path}.bak`, Deno.readTextFileSync(path), { mode: 0o755 });
+    },
+  });
+  assertEquals(copy.status, "fail");
+  assertMatch(
+    copy.summary,
+    /\/50-passthrough-guard\.bak is another passthrough hook, which libvirt also runs at every start: /,
+  );
+  assertMatch(copy.hint!, /^rm \/\S+\/50-passthrough-guard\.bak$/);
   // A user's own hook under our name: the hint keeps it (hook install refuses to replace it).
   const foreign = await hookFinding({}, {
     change: (dir) => Deno.writeTextFileSync(`${dir}/50-passthrough-guard`, "#!/bin/sh\nexit 0\n"),
