@@ -17,6 +17,7 @@ import { ensurePrivateDir, openStateDir, resolveStateDirPath } from "../lib/stat
 import { dirname, join, resolve } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
+import { shellWord } from "../lib/render/shell.ts";
 import {
   checkCommand,
   type CheckoutReader,
