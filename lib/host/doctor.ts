@@ -975,7 +975,7 @@ function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | 
   const busy = used.filter((d) => useOf(d) === undefined);
   const own = used.filter((d) => useOf(d) !== undefined).map((d) => {
     const use = useOf(d)!;
-    return `${d.address} left out: the host uses it (${use.reason}: ${use.detail}), its drivers' users are the host's own`;
+    return `${d.address} left out: the host uses it (${use.reason}: ${use.detail}), its driver's users are the host's own`;
   });
   if (busy.length === 0) {
     const quiet = gpus.filter((d) => !used.includes(d));

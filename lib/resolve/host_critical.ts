@@ -120,8 +120,8 @@ export function virtualFunctionInUse(
 /**
  * Why the host needs `device` whichever card is asked for: a platform function, or one the host
  * uses now; `null` when neither (a storage, network, display or USB controller counts only
- * against the cards a rule matched, which `plan` knows and a listing does not). What `devices`
- * and `groups` show.
+ * against the cards a rule matched, which `plan` knows and a listing does not: {@link takenAlong}
+ * says which cards of its group would take it along). What `devices` and `groups` show.
  */
 export function hostCriticalOnItsOwn(
   device: Pick<PciDevice, "address" | "vendorId" | "classCode" | "rootBus" | "virtfns">,

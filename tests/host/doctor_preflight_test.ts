@@ -87,7 +87,7 @@ Deno.test("doctor: a busy GPU the host uses is named as the host's, not one to b
     assertEquals(busy?.status, "warn");
     assertEquals(
       busy?.summary,
-      "GPU host drivers in use: 0000:0c:00.0 (nouveau: its device nodes are open in steam (pid 900)); 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its drivers' users are the host's own",
+      "GPU host drivers in use: 0000:0c:00.0 (nouveau: its device nodes are open in steam (pid 900)); 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its driver's users are the host's own",
     );
   });
   // Only the host's GPU busy: nothing to do before passing the other.
@@ -100,7 +100,7 @@ Deno.test("doctor: a busy GPU the host uses is named as the host's, not one to b
       [busy?.status, busy?.summary, busy?.hint],
       [
         "ok",
-        "No user seen on the host drivers of 0000:0c:00.0; 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its drivers' users are the host's own",
+        "No user seen on the host drivers of 0000:0c:00.0; 0000:0b:00.0 left out: the host uses it (console-vga: boot_vga=1 with fbcon), its driver's users are the host's own",
         null,
       ],
     );
