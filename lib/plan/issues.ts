@@ -12,6 +12,7 @@ import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
 import type { UnresolvedKind } from "./used_devices.ts";
 import { shellWord } from "../render/shell.ts";
+import { oneLine } from "../render/terminal.ts";
 
 /** `10de:2684 VGA compatible controller`: a device for humans. */
 export function describe(device: PciDevice): string {
@@ -54,10 +55,11 @@ export function describeIdentity(identity: DescribedIdentity): string {
       : []),
     `class ${identity.classCode}`,
     ...(identity.serial !== null ? [`serial ${identity.serial}`] : []),
+    // A slot or driver name is a file name on the host, which may hold a newline.
     ...(identity.slot === undefined
       ? []
-      : [identity.slot === null ? "in no named slot" : `slot ${identity.slot}`]),
-    ...(identity.driver ? [`driver ${identity.driver}`] : []),
+      : [identity.slot === null ? "in no named slot" : `slot ${oneLine(identity.slot, false)}`]),
+    ...(identity.driver ? [`driver ${oneLine(identity.driver, false)}`] : []),
   ];
   return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;
 }

@@ -12,6 +12,7 @@ import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { sameIdentity, sameIdentityAsRead } from "./match.ts";
 import { cardOf } from "./host_critical.ts";
 import type { DeviceIdentity } from "../plan/types.ts";
+import { oneLine } from "../render/terminal.ts";
 
 /** The candidate a recorded card was found as, and what proved it is the same card. */
 export interface FoundCard<T> {
@@ -81,7 +82,7 @@ export function findMovedCard<T extends { device: PciDevice }>(
   const inSlot = slot === undefined ? [] : targets.filter((c) => c.device.physicalSlot === slot);
   const slotted = inSlot.length === 1 ? inSlot[0] : inSlot.find(atFunction);
   if (slotted !== undefined) {
-    return { found: slotted, evidence: `${ids} in the recorded slot ${slot}` };
+    return { found: slotted, evidence: `${ids} in the recorded slot ${oneLine(slot!, false)}` };
   }
   // Renamed: no move to prove, and a twin elsewhere is no evidence of one.
   if (stillHere) return undefined;
