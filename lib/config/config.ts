@@ -978,6 +978,10 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
       report(ctx, [...at, step], detail, "keys are plain words", { key: true, path: at });
     } else if (schema.removed !== undefined && Object.hasOwn(schema.removed, key)) {
       report(ctx, [...at, key], `Key "${key}" was removed`, schema.removed[key]!, { key: true });
+    } else if (schema.misplaced !== undefined && Object.hasOwn(schema.misplaced, key)) {
+      const { where, hint } = schema.misplaced[key]!;
+      const here = hint.replaceAll("{here}", String(at.at(-1) ?? ""));
+      report(ctx, [...at, key], `Key "${key}" does not go in ${where}`, here, { key: true });
     } else if (!Object.hasOwn(schema.properties, key)) {
       const hint = suggestion(key, known) ?? `expected one of ${known.join(", ")}`;
       report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });

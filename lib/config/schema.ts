@@ -65,6 +65,12 @@ export interface ObjectSchema {
    * that, not that the key is unknown. Not part of the JSON Schema (there they are unknown).
    */
   readonly removed?: Readonly<Record<string, string>>;
+  /**
+   * Keys that belong elsewhere in the config, each with where this mapping is (`where`) and what
+   * to write instead (`hint`, `{here}` standing for this mapping's own key): a config that nests
+   * them here is told where they go, not only that they are unknown. Not part of the JSON Schema.
+   */
+  readonly misplaced?: Readonly<Record<string, { readonly where: string; readonly hint: string }>>;
 }
 
 /**
@@ -416,6 +422,14 @@ const HOST_SCHEMA = {
       maximum: MAX_KEEP_BACKUPS,
       description:
         "How many backups of each VM apply keeps there once its change held, removing older ones (default 10; 0: keep all; or --keep-backups N)",
+    },
+  },
+  misplaced: {
+    // A fleet config's first shape: each host's VMs nested under its section.
+    vms: {
+      where: "a host's section",
+      hint:
+        'list the VMs under the top-level "vms:", and limit each to its hosts with "host: {here}" (or "hosts: [{here}, ...]")',
     },
   },
   removed: {

@@ -196,6 +196,23 @@ Deno.test("parseConfig() says a host's discovery: was removed and what replaces 
   assertMatch(error?.hint ?? "", /"passthrough snapshot DIR" and give it as "sysfs: DIR"/);
 });
 
+Deno.test("parseConfig() says a host section's vms: goes at the top level with host:, not only that it is unknown", () => {
+  // Nesting a host's VMs under its section is the first shape a fleet config takes.
+  const errors = errorsOf(
+    "version: 1\nhosts:\n  hv1:\n    vms:\n      win11:\n        devices: []\n",
+  );
+  const vms = errors.find((e) => e.path === "hosts.hv1.vms");
+  assertEquals([vms?.line, vms?.column], [4, 5]);
+  assertMatch(
+    vms?.message ?? "",
+    /: Key "vms" does not go in a host's section at "hosts\.hv1\.vms" \(/,
+  );
+  assertEquals(
+    vms?.hint,
+    'list the VMs under the top-level "vms:", and limit each to its hosts with "host: hv1" (or "hosts: [hv1, ...]")',
+  );
+});
+
 Deno.test("parseConfig() refuses duplicate keys instead of keeping the last one", async () => {
   const file = new URL("duplicate_keys.yaml", CONFIGS).pathname;
   const error = await loadConfig(file).then(
