@@ -648,7 +648,9 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
           code: "device-assigned-twice",
           message: `Device ${sameDevice.join(", ")} is assigned to VMs ${
             claimantList(rulesOf, vms, vm)
-          }${detail}: a device can belong to one VM only`,
+          }${detail}: a device can belong to one VM only; give it to ${
+            vms.length === 2 ? `"${vm}" or "${vms.find((v) => v !== vm)}"` : "one of them"
+          }`,
           vm,
           ...where,
           group,

@@ -609,11 +609,11 @@ Deno.test("findGroupConflicts() refuses one device given to two VMs, naming both
   ]);
   assertEquals(
     a?.message,
-    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06") and "b" (rule "0000:0b:00.0" at c.yaml:8:9): a device can belong to one VM only',
+    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06") and "b" (rule "0000:0b:00.0" at c.yaml:8:9): a device can belong to one VM only; give it to "a" or "b"',
   );
   assertEquals(
     b?.message,
-    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06" at c.yaml:5:9) and "b" (rule "0000:0b:00.0"): a device can belong to one VM only',
+    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06" at c.yaml:5:9) and "b" (rule "0000:0b:00.0"): a device can belong to one VM only; give it to "b" or "a"',
   );
 });
 
@@ -659,7 +659,7 @@ Deno.test("findGroupConflicts() names at most four VMs in each issue, its own fi
   })));
   assertEquals(
     issues.get("a")?.[0]?.message,
-    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "gpu"), "b" (rule "gpu" at c.yaml:4:9), "c" (rule "gpu" at c.yaml:5:9), "d" (rule "gpu" at c.yaml:6:9) and 3 more: a device can belong to one VM only',
+    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "gpu"), "b" (rule "gpu" at c.yaml:4:9), "c" (rule "gpu" at c.yaml:5:9), "d" (rule "gpu" at c.yaml:6:9) and 3 more: a device can belong to one VM only; give it to one of them',
   );
   assertMatch(
     issues.get("f")?.[0]?.message ?? "",
