@@ -155,10 +155,20 @@ Deno.test("a newline or tab in a captured tree's slot or driver name stays in it
     assertOk(!text.includes("\t"), text);
     assertOk(text.includes("PCIE1\\u000a0000:99:00.0  99\\u000910de:1b80"), text);
   }
-  // The rule's way out names the slot as YAML reads it back.
+  // A rule on the demo host's two identical Starship USB controllers, one in a forged slot: its way
+  // out names that slot as YAML reads it back.
+  const usbSlot = "USB\n0000:99:00.0  99\t1022:148c";
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/slots/${usbSlot}`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.sysfs}/bus/pci/slots/${usbSlot}/address`, "0000:23:00\n");
+  Deno.writeTextFileSync(
+    config,
+    "version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: 1022:148c }\n",
+  );
+  const twins = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world]);
+  assertEquals(twins.code, 1, twins.stderr);
   assertOk(
-    plan.stdout.includes('0000:21:00.0 alone with slot "PCIE1\\n0000:99:00.0  99\\t10de:1b80"'),
-    plan.stdout,
+    twins.stdout.includes('0000:23:00.3 alone with slot "USB\\n0000:99:00.0  99\\t1022:148c"'),
+    twins.stdout,
   );
   // Every row of the table is one device's: the demo host has 89.
   assertEquals(devices.stdout.trimEnd().split("\n").length, 1 + 89, devices.stdout);
