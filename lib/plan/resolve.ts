@@ -8,6 +8,7 @@
 import type { Config, VmConfig } from "../config/config.ts";
 import { closeOverGroups, type ClosureResult } from "../resolve/closure.ts";
 import { resolveRule, type RuleResolution, sameIdentityAsRead } from "../resolve/match.ts";
+import { findMovedCard } from "../resolve/moves.ts";
 import {
   pfInClosure,
   resolveVfRule,
@@ -15,7 +16,7 @@ import {
   type VfContext,
   vfContext,
 } from "../resolve/vf.ts";
-import type { HostTopology, PciAddress } from "../host/types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
 import { type RunFlags, shellWord } from "../render/shell.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
@@ -141,7 +142,10 @@ function matchVm(
   const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
   const vfs = new Map<PciAddress, VfChoice>();
   const rules = vm.rules.map((rule) => {
-    if (rule.vf === undefined) return addressAloneReplaced(resolveRule(rule, host, match), records);
+    if (rule.vf === undefined) {
+      const resolution = addressAloneReplaced(resolveRule(rule, host, match), records);
+      return twinAtAddress(resolution, records, host);
+    }
     const { resolution, choice } = resolveVfRule(rule, host, vfContext, match);
     if (choice !== null) vfs.set(choice.vf.address, choice);
     return resolution;
@@ -254,6 +258,145 @@ function addressAloneReplaced(
       devices: [address],
     },
   };
+}
+
+/**
+ * A rule that names its device by address but by no serial or slot (`{ vendor_device_id, address
+ * }`, for twins nothing else told apart) takes whatever card of that model sits there. Where the
+ * VM recorded another card at that address, one that tells itself apart (its serial, its slot)
+ * and is proven elsewhere on the host ({@link findMovedCard}), a card added or removed before it
+ * renumbered the buses: the card there now was another twin of the host's, maybe its disk.
+ * Refused (`drift`), and the repair removes the stale hostdev. Where the recorded card is on the
+ * host no more, its serial differing is refused too, unless the card there now sits in the slot
+ * the recorded one sat in (see {@link goneAndNotInItsSlot}); otherwise the edit warns of the
+ * drift and keeps the rule's device.
+ */
+function twinAtAddress(
+  resolution: RuleResolution,
+  records: readonly DeviceIdentity[],
+  host: HostTopology,
+): RuleResolution {
+  const { rule } = resolution;
+  const address = rule.match.address;
+  if (address === undefined || rule.match.serial !== undefined || rule.match.slot !== undefined) {
+    return resolution;
+  }
+  const matched = resolution.devices.find((d) => d.address === address);
+  const record = records.find((r) => r.address === address);
+  if (matched === undefined || record === undefined) return resolution;
+  // A record without a serial may come from a read that could not see it: a serial seen now is
+  // no proof of another card (as in addressAloneReplaced). One this read cannot see is unknown,
+  // not another (as in sameIdentityAsRead). Compared as the recorded one, then.
+  const unread = matched.serial === null && matched.flr === null;
+  const device = record.serial === null || unread ? { ...matched, serial: record.serial } : matched;
+  if (sameIdentityAsRead(record, device)) return resolution;
+  // A twin the VM holds at its own recorded address is accounted for: not where this card went.
+  const accounted = (d: PciDevice) =>
+    records.some((r) => r.address === d.address && sameIdentityAsRead(r, d));
+  const elsewhere = host.devices.filter((d) => d.address !== address && !accounted(d));
+  const found = findMovedCard(record, address, elsewhere.map((d) => ({ device: d })), host);
+  if (found === undefined && !goneAndNotInItsSlot(record, device)) return resolution;
+  const now = describeIdentity({
+    ...matched,
+    driver: null,
+    ...(record.slot === undefined ? {} : { slot: device.physicalSlot }),
+  });
+  const take = keyTelling(device, record);
+  const head = `Rule "${rule.name}" of VM "${rule.vm}" takes ${address} by its address, and the ` +
+    `device there now is ${now}, not the recorded one (${differences(record, device)})`;
+  let message: string;
+  if (found !== undefined) {
+    const to = found.found.device.address;
+    const keep = record.serial !== null
+      ? `, or serial: ${
+        JSON.stringify(record.serial)
+      } in its place (which follows it wherever it sits)`
+      : record.slot !== undefined
+      ? `, or slot: ${JSON.stringify(record.slot)} in its place (which stays with the slot)`
+      : "";
+    message = `${head}, which is now at ${to} (${found.evidence}): a card added or removed ` +
+      `before it renumbered the buses: to keep the VM's card, set address: "${to}"${keep}` +
+      (take === null ? "" : `; to take the one at ${address} instead, add ${take}`);
+  } else {
+    message = `${head}, which is on the host no more: a card removed before it shifts the next ` +
+      `one onto its address, so this may be a card that was elsewhere: if you replaced the VM's ` +
+      `card with this one, add serial: ${
+        JSON.stringify(device.serial)
+      } to the rule; to keep the VM's card, put it back`;
+  }
+  return {
+    rule,
+    devices: [],
+    units: [],
+    issue: {
+      code: "drift",
+      message,
+      vm: rule.vm,
+      rule: rule.name,
+      location: rule.location,
+      devices: found === undefined ? [address] : [address, found.found.device.address],
+    },
+  };
+}
+
+/**
+ * Whether the recorded card of a twin rule is gone and the one at its address differs in serial
+ * from it, in no slot it was recorded in. Removing a card shifts the buses after it as adding one
+ * does, so the card there now may be a twin the host had elsewhere (its data disk): nothing the
+ * record holds tells it from a card put in the place of the recorded one, and handing over a disk
+ * is worse than asking for its serial once. A card sitting in the recorded slot was put there:
+ * the card replaced in place (a dead drive swapped, as Proxmox and Unraid users do), which the
+ * edit warns of and takes. Without a serial on both sides nothing proves another card (firmware
+ * renames slots).
+ */
+function goneAndNotInItsSlot(record: DeviceIdentity, device: PciDevice): boolean {
+  return record.serial !== null && device.serial !== null && record.serial !== device.serial &&
+    (record.slot === undefined || record.slot !== device.physicalSlot);
+}
+
+/** What of `record` differs from `device`, as `describeIdentity` says it: `serial 00-11-...`. */
+function differences(record: DeviceIdentity, device: PciDevice): string {
+  const out = [
+    ...(record.vendorId !== device.vendorId || record.deviceId !== device.deviceId
+      ? [`${record.vendorId}:${record.deviceId}`]
+      : []),
+    ...(record.subsystemVendorId !== device.subsystemVendorId ||
+        record.subsystemDeviceId !== device.subsystemDeviceId
+      ? [`subsystem ${record.subsystemVendorId ?? "?"}:${record.subsystemDeviceId ?? "?"}`]
+      : []),
+    ...(record.classCode !== device.classCode ? [`class ${record.classCode}`] : []),
+    ...(record.serial !== device.serial
+      ? [record.serial === null ? "no serial" : `serial ${record.serial}`]
+      : []),
+    ...(record.slot !== undefined && record.slot !== device.physicalSlot
+      ? [`slot ${record.slot}`]
+      : []),
+  ];
+  return out.join(", ");
+}
+
+/**
+ * The match key, as YAML, that tells `device` from the card `record` describes (its serial, its
+ * slot, its subsystem, its IDs or class), for a rule to take it; `null` when none does.
+ */
+function keyTelling(device: PciDevice, record: DeviceIdentity): string | null {
+  if (device.serial !== null && device.serial !== record.serial) {
+    return `serial: ${JSON.stringify(device.serial)}`;
+  }
+  if (device.physicalSlot !== null && device.physicalSlot !== record.slot) {
+    return `slot: ${JSON.stringify(device.physicalSlot)}`;
+  }
+  if (
+    device.subsystemVendorId !== null && device.subsystemDeviceId !== null &&
+    (device.subsystemVendorId !== record.subsystemVendorId ||
+      device.subsystemDeviceId !== record.subsystemDeviceId)
+  ) {
+    return `subsystem_vendor_id: "${device.subsystemVendorId}", subsystem_device_id: "${device.subsystemDeviceId}"`;
+  }
+  if (device.vendorId !== record.vendorId || device.deviceId !== record.deviceId) {
+    return `vendor_device_id: "${device.vendorId}:${device.deviceId}"`;
+  }
+  return device.classCode !== record.classCode ? `class: "${device.classCode}"` : null;
 }
 
 /** How to take `used` (descriptions of host devices `vm` uses) out of VM `vm`. */

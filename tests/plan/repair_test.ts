@@ -976,3 +976,168 @@ Deno.test("a refused VM's repair follows each card a new card shifted one bus on
     ], []]);
   });
 });
+
+/** A Samsung NVMe drive of one model at `bdf`, with `serial` and, if given, in slot `slot`. */
+function nvmeTwin(bdf: string, serial: string | null, slot?: string): HostDeviceDescription {
+  return dev({
+    bdf,
+    group: Number.parseInt(bdf.slice(5, 7), 16),
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa80a",
+    subsystem_vendor: "0x144d",
+    subsystem_device: "0xa801",
+    driver: "nvme",
+    flr: true,
+    serial,
+    ...(slot === undefined ? {} : { slot }),
+  });
+}
+
+const SERIAL_A = "00-11-22-ff-ff-33-44-0a";
+const SERIAL_B = "00-11-22-ff-ff-33-44-0b";
+const SERIAL_C = "00-11-22-ff-ff-33-44-0c";
+
+/** win10 takes the drive at 0b:00.0 by its IDs and address, no serial or slot. */
+const NVME_AT_0B = config(
+  '  win10:\n    devices:\n      - name: nas\n        match: { vendor_device_id: "144d:a80a", address: "0b:00.0" }\n',
+);
+
+Deno.test("a rule of IDs and address whose recorded drive a new drive shifted one bus on is refused, naming where its drive went", async () => {
+  const before = await treeHost([
+    ...baseDevices(),
+    nvmeTwin("0000:0a:00.0", SERIAL_A),
+    nvmeTwin("0000:0b:00.0", SERIAL_B),
+  ]);
+  // Drive C added before them: A moved to 0b:00.0, the VM's drive B to 0c:00.0.
+  await using tree = await tempHostTree({
+    devices: [
+      ...baseDevices(),
+      nvmeTwin("0000:0a:00.0", SERIAL_C),
+      nvmeTwin("0000:0b:00.0", SERIAL_A),
+      nvmeTwin("0000:0c:00.0", SERIAL_B),
+    ],
+    host_use: [],
+  });
+  const after = await discoverHost({ root: tree.dir });
+  await withPort([WIN10], async (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: NVME_AT_0B, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: NVME_AT_0B, host: after, libvirt }), "win10");
+    const own = vm.errors.find((e) => e.rule === "nas" && e.location !== undefined);
+    assertEquals(own?.code, "drift");
+    assertEquals(own?.devices, ["0000:0b:00.0", "0000:0c:00.0"]);
+    assertMatch(
+      own!.message,
+      new RegExp(
+        `^Rule "nas" of VM "win10" takes 0000:0b:00\\.0 by its address, and the device there now is 144d:a80a \\(subsystem 144d:a801, class 010802, serial ${SERIAL_A}\\), not the recorded one \\(serial ${SERIAL_B}\\), which is now at 0000:0c:00\\.0 \\(same IDs and serial\\): a card added or removed before it renumbered the buses: to keep the VM's card, set address: "0000:0c:00\\.0", or serial: "${SERIAL_B}" in its place \\(which follows it wherever it sits\\); to take the one at 0000:0b:00\\.0 instead, add serial: "${SERIAL_A}"$`,
+      ),
+    );
+    // The warning that handed drive A over is gone: the VM keeps its definition, and the repair
+    // takes the hostdev away from 0b:00.0 so that no start hands drive A over either.
+    assertEquals(vm.warnings.filter((w) => w.code === "drift"), []);
+    assertEquals([vm.changed, vm.repair?.remove], [false, ["0000:0b:00.0"]]);
+    // The start guard refuses the start as it is, with the same record.
+    const start = await guardStartOnTree({
+      vm: "win10",
+      xml: libvirt.getPersistentXml("win10"),
+      dir: tree.dir,
+      live: false,
+    });
+    assertEquals(start.refusals, [["replaced", "0000:0b:00.0"]]);
+    // Either fix the refusal names keeps the VM's drive B, moved to its new address.
+    for (const key of ['address: "0000:0c:00.0"', `serial: "${SERIAL_B}"`]) {
+      const fixed = vmOf(
+        planHostdevs({ config: config(NVME_AT_0B_WITH(key)), host: after, libvirt }),
+        "win10",
+      );
+      assertEquals(fixed.errors, [], key);
+      assertEquals(fixed.hostdevs, ["0000:0c:00.0"], key);
+    }
+  });
+});
+
+/** {@link NVME_AT_0B}'s YAML with `key` in place of its address. */
+function NVME_AT_0B_WITH(key: string): string {
+  return `  win10:\n    devices:\n      - name: nas\n        match: { vendor_device_id: "144d:a80a", ${key} }\n`;
+}
+
+Deno.test("a rule of IDs and address whose recorded drive is gone from the host is refused when the drive there now may have been elsewhere, and warned about when it sits in the recorded slot", async () => {
+  const before = await treeHost([
+    ...baseDevices(),
+    nvmeTwin("0000:0a:00.0", SERIAL_A),
+    nvmeTwin("0000:0b:00.0", SERIAL_B),
+  ]);
+  // Drive B gone, and a drive C at 0b:00.0: put in its place, or shifted there from elsewhere.
+  const replaced = await treeHost([
+    ...baseDevices(),
+    nvmeTwin("0000:0a:00.0", SERIAL_A),
+    nvmeTwin("0000:0b:00.0", SERIAL_C),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: NVME_AT_0B, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: NVME_AT_0B, host: replaced, libvirt }), "win10");
+    const own = vm.errors.find((e) => e.rule === "nas" && e.location !== undefined);
+    assertEquals(own?.code, "drift");
+    assertMatch(
+      own!.message,
+      new RegExp(
+        `^Rule "nas" of VM "win10" takes 0000:0b:00\\.0 by its address, and the device there now is 144d:a80a \\(subsystem 144d:a801, class 010802, serial ${SERIAL_C}\\), not the recorded one \\(serial ${SERIAL_B}\\), which is on the host no more: a card removed before it shifts the next one onto its address, so this may be a card that was elsewhere: if you replaced the VM's card with this one, add serial: "${SERIAL_C}" to the rule; to keep the VM's card, put it back$`,
+      ),
+    );
+    assertEquals([vm.changed, vm.repair?.remove], [false, ["0000:0b:00.0"]]);
+  });
+  // In slots the firmware names: drive C sits in the slot drive B was recorded in.
+  const slotted = await treeHost([
+    ...baseDevices(),
+    nvmeTwin("0000:0a:00.0", SERIAL_A, "M2_1"),
+    nvmeTwin("0000:0b:00.0", SERIAL_B, "M2_2"),
+  ]);
+  const inPlace = await treeHost([
+    ...baseDevices(),
+    nvmeTwin("0000:0a:00.0", SERIAL_A, "M2_1"),
+    nvmeTwin("0000:0b:00.0", SERIAL_C, "M2_2"),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: NVME_AT_0B, host: slotted, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: NVME_AT_0B, host: inPlace, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertMatch(
+      vm.warnings.find((w) => w.code === "drift")?.message ?? "",
+      new RegExp(
+        `serial ${SERIAL_C}, slot M2_2\\): rule "nas" matches the new device, so it stays and its record is updated$`,
+      ),
+    );
+  });
+});
+
+Deno.test("a rule of IDs and address whose recorded card a new card shifted out of its recorded slot is refused, with no serial to tell them apart", async () => {
+  const slotted = (bdf: string, slot: string) => ({ ...nvmeTwin(bdf, null, slot), flr: true });
+  const before = await treeHost([
+    ...baseDevices(),
+    slotted("0000:0a:00.0", "M2_1"),
+    slotted("0000:0b:00.0", "M2_2"),
+  ]);
+  const after = await treeHost([
+    ...baseDevices(),
+    slotted("0000:0a:00.0", "M2_3"),
+    slotted("0000:0b:00.0", "M2_1"),
+    slotted("0000:0c:00.0", "M2_2"),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: NVME_AT_0B, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: NVME_AT_0B, host: after, libvirt }), "win10");
+    const own = vm.errors.find((e) => e.rule === "nas" && e.location !== undefined);
+    assertMatch(
+      own?.message ?? "",
+      /, not the recorded one \(slot M2_2\), which is now at 0000:0c:00\.0 \(same IDs and subsystem in the recorded slot M2_2\): a card added or removed before it renumbered the buses: to keep the VM's card, set address: "0000:0c:00\.0", or slot: "M2_2" in its place \(which stays with the slot\); to take the one at 0000:0b:00\.0 instead, add slot: "M2_1"$/,
+    );
+  });
+});
