@@ -616,7 +616,7 @@ Deno.test({
       assertEquals(taskStatus(gone.out, "Passthrough refusals"), "skipping", gone.out);
       assertMatch(
         taskOutput(gone.out, "Passthrough failed"),
-        /"msg": \["Cannot connect to libvirt at \\"qemu\+unix:[^"]*no-libvirtd\\" \(--connect\)[^"]*"\]/,
+        /"msg": \["Cannot connect to libvirt at \\"qemu\+unix:[^"]*no-libvirtd\\" \(passthrough_connect\)[^"]*"\]/,
       );
       // A bad config: its error, then each problem where it is.
       await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms:\n  x:\n    devices: 5\n");
@@ -744,6 +744,82 @@ Deno.test({
             } under "hosts:" at ${config}:2:1.*: it declares "hv1", "hv2": set passthrough_host, or add a section named`,
           ),
         );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the playbook's failures name the variables it passes as flags: passthrough_connect, passthrough_sysfs, passthrough_host",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-flags-" });
+    try {
+      await bundleAsTask(dir);
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const shared = `${dir}/fleet.yaml`;
+      const single = `${dir}/single.yaml`;
+      await Deno.writeTextFile(single, "version: 1\nvms: {}\n");
+      const base = {
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: "test:///default",
+        passthrough_sysfs: `${dir}/sysfs`,
+      };
+      // What the host was told, and what the playbook's failure says instead: the flag is the
+      // playbook's, the way out the variable the operator set.
+      const cases: { section: string; vars: Record<string, string>; said: RegExp }[] = [
+        {
+          section: `hv1: { connect: "test:///default" }`,
+          vars: { passthrough_config: shared, passthrough_host: "hv1" },
+          said: new RegExp(
+            `^passthrough_connect and hosts\\.hv1\\.connect in ${shared} both say where to look: keep one$`,
+          ),
+        },
+        {
+          section: `hv1: { sysfs: "${dir}/sysfs" }`,
+          vars: { passthrough_config: shared, passthrough_host: "hv1" },
+          said: new RegExp(
+            `^passthrough_sysfs and hosts\\.hv1\\.sysfs in ${shared} both say where to look: keep one$`,
+          ),
+        },
+        {
+          section: "hv1: {}",
+          vars: { passthrough_config: single, passthrough_host: "hv1" },
+          said: new RegExp(
+            `^passthrough_host needs a config with a "hosts:" section: ${single} has none$`,
+          ),
+        },
+        {
+          section: "hv1: {}",
+          vars: {
+            passthrough_config: single,
+            passthrough_connect: `qemu+unix:///system?socket=${dir}/no-libvirtd`,
+          },
+          said:
+            /^Cannot connect to libvirt at "qemu\+unix:[^"]*no-libvirtd" \(passthrough_connect\)/,
+        },
+      ];
+      for (const { section, vars, said } of cases) {
+        await Deno.writeTextFile(shared, `version: 1\nhosts:\n  ${section}\nvms: {}\n`);
+        const { code, out } = await playbookIn(dir, { ...base, ...vars }, ["--check"]);
+        assertEquals(code, 2, out);
+        assertEquals(taskStatus(out, "Passthrough failed"), "fatal", out);
+        const msg = JSON.parse(
+          /FAILED! => (\{.*\})\n/.exec(taskOutput(out, "Passthrough failed"))?.[1] ?? "{}",
+        ).msg as string[];
+        assertEquals(msg.length, 1, out);
+        assertMatch(msg[0]!, said);
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
