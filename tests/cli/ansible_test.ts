@@ -1,5 +1,6 @@
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { bundleAsTask, runCli } from "../helpers/cli.ts";
+import { bundleAsTask, canUnshareMounts, runCli } from "../helpers/cli.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
@@ -55,15 +56,19 @@ async function run(
 
 /**
  * The playbook on the inventory `dir`/hosts, with `dir`'s bundle, guard and remote directory and
- * this Deno; `vars` add to those, `extra` goes before them, `env` adds to Ansible's.
+ * this Deno; `vars` add to those, `extra` goes before them, `env` adds to Ansible's; `wrapper`
+ * runs ansible-playbook (with its arguments after its own).
  */
 function playbookIn(
   dir: string,
   vars: Record<string, string>,
   extra: string[] = [],
   env: Record<string, string> = {},
+  wrapper: string[] = [],
 ): Promise<{ code: number; out: string }> {
-  return run("ansible-playbook", [
+  const [program, ...args] = [...wrapper, "ansible-playbook"];
+  return run(program!, [
+    ...args,
     "-i",
     `${dir}/hosts`,
     PLAYBOOK,
@@ -873,6 +878,73 @@ vms:
       assertOk(
         out.indexOf("TASK [Passthrough report]") < out.indexOf("TASK [Passthrough failed]"),
         out,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the playbook fails a host whose run said why on stderr alone with that reason, not the host section line beside it",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0 || !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.realPath(
+      await Deno.makeTempDir({ prefix: "passthrough-ansible-stderr-" }),
+    );
+    try {
+      await bundleAsTask(dir);
+      buildHostTree(loadHostDescription(`${ROOT}demo/host.json`), `${dir}/sysfs`);
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      // A shared config: the run says on stderr which section it plans.
+      const demo = Deno.readTextFileSync(`${ROOT}demo/passthrough_config.yaml`)
+        .replace("version: 1\n", "version: 1\nhosts:\n  hv1: {}\n");
+      const vars = {
+        passthrough_config: `${dir}/config.yaml`,
+        passthrough_host: "hv1",
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: `test://${ROOT}demo/world.xml`,
+        passthrough_sysfs: `${dir}/sysfs`,
+      };
+      // An earlier run recorded win10's guard: off where the start guard reads it.
+      await Deno.writeTextFile(
+        `${dir}/config.yaml`,
+        demo.replace("  win10:\n", "  win10:\n    guard: off\n"),
+      );
+      const off = await playbookIn(dir, vars);
+      assertEquals(off.code, 0, off.out);
+      // Now enforce, with that directory read-only: apply cannot record it, defines only gentoo,
+      // and says why on stderr (its JSON report has no error for it).
+      await Deno.writeTextFile(`${dir}/config.yaml`, demo);
+      const guard = shellQuote(`${dir}/state/guard`);
+      const { code, out } = await playbookIn(dir, vars, [], {}, [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        `mount --bind ${guard} ${guard} && mount -o remount,bind,ro ${guard} && exec "$@"`,
+        "sh",
+      ]);
+      assertEquals(code, 2, out);
+      assertMatch(
+        taskOutput(out, "Passthrough report"),
+        /"msg": "changed: gentoo; skipped: win10"/,
+      );
+      const said = JSON.parse(
+        /FAILED! => (\{.*\})\n/.exec(taskOutput(out, "Passthrough failed"))?.[1] ?? "{}",
+      ).msg as string[];
+      // It said the section line first, and once more from the re-plan.
+      assertEquals(said.length, 1, out);
+      assertMatch(
+        said[0]!,
+        /^Cannot record the start guard policies in [^\n]*: Read-only file system[^\n]*$/,
       );
     } finally {
       await Deno.remove(dir, { recursive: true });
