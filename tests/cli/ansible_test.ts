@@ -953,6 +953,54 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "the playbook fails a host whose apply was cut off as it printed its report with what the run said, not a template error",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-cut-" });
+    try {
+      await bundleAsTask(dir);
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      // A Deno whose apply is ended as it writes its report: the first lines of the JSON, then
+      // the signal's line on stderr.
+      const deno = `${dir}/deno`;
+      await Deno.writeTextFile(
+        deno,
+        `#!/bin/sh\nfor a in "$@"; do\n  if [ "$a" = apply ]; then\n    printf '{\\n  "vms": [\\n'\n    echo 'passthrough apply: stopped by SIGTERM' >&2\n    exit 143\n  fi\ndone\nexec ${Deno.execPath()} "$@"\n`,
+      );
+      await Deno.chmod(deno, 0o755);
+      const { code, out } = await playbookIn(dir, {
+        passthrough_config: `${dir}/config.yaml`,
+        passthrough_deno: deno,
+        passthrough_deno_version: "",
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: "test:///default",
+        passthrough_sysfs: `${dir}/sysfs`,
+      });
+      assertEquals(code, 2, out);
+      // It failed the run's task with "The conditional check ... failed. The error was: Expecting
+      // value", printing the run's whole result, and the reason never came.
+      assertEquals(taskStatus(out, "Passthrough apply"), "ok", out);
+      assertMatch(
+        taskOutput(out, "Passthrough failed"),
+        /"msg": \["passthrough apply: stopped by SIGTERM"\]/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "the playbook's --check leaves no temporary directory on the host when a task fails",
   ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
   async fn() {
