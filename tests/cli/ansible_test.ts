@@ -606,6 +606,16 @@ Deno.test({
         taskOutput(out, "Passthrough start guard failed"),
         /"msg": "passthrough hook: Refusing to install the start guard: [^"]*is writable by anyone/,
       );
+      // The way out in the playbook's words: its variables, and the playbook again (the CLI's says
+      // to keep --state-dir where only root can write and to install again, which it ran itself).
+      assertMatch(
+        taskOutput(out, "Passthrough start guard failed"),
+        /Keep passthrough_dir, passthrough_state_dir, passthrough_hooks_dir and passthrough_deno where only root can write, or fix the owner and mode \(chmod o-w [^)]*\), then run the playbook again"/,
+      );
+      assertEquals(
+        taskOutput(out, "Passthrough start guard failed").includes("--state-dir"),
+        false,
+      );
       assertEquals(out.includes("non-zero return code"), false, out);
       // Nothing is applied after the refusal.
       assertEquals(taskOutput(out, "Passthrough apply"), "");
