@@ -9,6 +9,7 @@
 # U+FEFF, and the rest of the default-ignorable ones but the joiners and the emoji and text
 # presentation selectors), a character past U+FFFF as its two UTF-16 units, as JSON writes it.
 import json
+import posixpath
 import re
 
 _UNSAFE = re.compile(
@@ -80,10 +81,21 @@ def passthrough_diffs(output):
     ])
 
 
+def sysfs_as_recorded(path):
+    """
+    `path`, an absolute sysfs tree, as `hook install` records it in the hook (Deno's `resolve`):
+    without a trailing slash, `.` or `..` parts, or repeated slashes. The playbook compares the
+    hook's with passthrough_sysfs so; as written, `/srv/tree/` was never the hook's `/srv/tree`.
+    """
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("/") else normal
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "passthrough_terminal_safe": terminal_safe,
             "passthrough_diffs": passthrough_diffs,
             "passthrough_report": _report,
+            "passthrough_sysfs_as_recorded": sysfs_as_recorded,
         }

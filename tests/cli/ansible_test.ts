@@ -1011,6 +1011,44 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "the playbook's --check after a real run reports no change for a passthrough_sysfs written with a trailing slash",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-sysfs-" });
+    try {
+      await bundleAsTask(dir);
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const vars = {
+        passthrough_config: `${dir}/config.yaml`,
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: "test:///default",
+        // The hook records the tree as an absolute path without it, as `hook install` does.
+        passthrough_sysfs: `${dir}/sysfs/`,
+      };
+      const applied = await playbookIn(dir, vars);
+      assertEquals(applied.code, 0, applied.out);
+      const drift = await playbookIn(dir, vars, ["--check"]);
+      assertEquals(drift.code, 0, drift.out);
+      // It said changed, every time: the hook's sysfs "DIR/sysfs" is not "DIR/sysfs/".
+      assertEquals(taskStatus(drift.out, "Passthrough start guard (check mode)"), "ok", drift.out);
+      assertMatch(drift.out, /localhost\s+: ok=\d+\s+changed=0\s/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "the playbook's --check leaves no temporary directory on the host when a task fails",
   ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
   async fn() {
