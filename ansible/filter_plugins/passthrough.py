@@ -81,6 +81,30 @@ def passthrough_diffs(output):
     ])
 
 
+def applied_summary(output):
+    """
+    apply's report in one line: the VMs it changed, each whose change waits for its next full
+    power-off (it is running, or its next start resumes a saved state) saying so, then those it
+    skipped. The playbook passes no --live: a reboot inside a running guest does not bring its
+    devices, which "changed: NAME" alone left the operator to guess.
+    """
+    report = _report(output)
+    later = {
+        vm.get("name"): "running" if vm.get("active") else "saved state"
+        for vm in report.get("vms") or []
+        if vm.get("effect") == "next-power-off"
+    }
+    changed = [
+        "%s (%s: takes effect after its next full power-off)" % (name, later[name])
+        if name in later else name
+        for name in report.get("changed") or []
+    ]
+    return "changed: %s; skipped: %s" % (
+        ", ".join(changed) or "none",
+        ", ".join(report.get("skipped") or []) or "none",
+    )
+
+
 def sysfs_as_recorded(path):
     """
     `path`, an absolute sysfs tree, as `hook install` records it in the hook (Deno's `resolve`):
@@ -97,5 +121,6 @@ class FilterModule(object):
             "passthrough_terminal_safe": terminal_safe,
             "passthrough_diffs": passthrough_diffs,
             "passthrough_report": _report,
+            "passthrough_applied": applied_summary,
             "passthrough_sysfs_as_recorded": sysfs_as_recorded,
         }

@@ -945,7 +945,7 @@ Deno.test({
       assertEquals(code, 2, out);
       assertMatch(
         taskOutput(out, "Passthrough report"),
-        /"msg": "changed: gentoo; skipped: win10"/,
+        /"msg": "changed: gentoo \(running: [^)]*\); skipped: win10"/,
       );
       const said = JSON.parse(
         /FAILED! => (\{.*\})\n/.exec(taskOutput(out, "Passthrough failed"))?.[1] ?? "{}",
@@ -1042,6 +1042,39 @@ Deno.test({
       // It said changed, every time: the hook's sysfs "DIR/sysfs" is not "DIR/sysfs/".
       assertEquals(taskStatus(drift.out, "Passthrough start guard (check mode)"), "ok", drift.out);
       assertMatch(drift.out, /localhost\s+: ok=\d+\s+changed=0\s/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the playbook's report says a changed VM that is running gets its devices after its next full power-off",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-running-" });
+    try {
+      await bundleAsTask(dir);
+      buildHostTree(loadHostDescription(`${ROOT}demo/host.json`), `${dir}/sysfs`);
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      // The demo: win10 is shut off, gentoo running (the playbook passes no --live).
+      const { code, out } = await playbookIn(dir, {
+        passthrough_config: `${ROOT}demo/passthrough_config.yaml`,
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: `test://${ROOT}demo/world.xml`,
+        passthrough_sysfs: `${dir}/sysfs`,
+      });
+      assertEquals(code, 0, out);
+      // It said "changed: win10, gentoo" alone: a reboot inside gentoo does not bring its GPU.
+      assertMatch(
+        taskOutput(out, "Passthrough report"),
+        /"msg": "changed: win10, gentoo \(running: takes effect after its next full power-off\); skipped: none"/,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
