@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
-import { hostCriticalOnItsOwn, type TakenAlong, takenAlong } from "../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn, takenAlong } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
