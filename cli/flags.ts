@@ -256,6 +256,15 @@ export const STATE_FLAGS = {
   },
 } as const satisfies Flags;
 
+/** `--state-dir DIR` for `backups`, which only reads it and takes no lock. */
+export const READ_STATE_FLAGS = {
+  "state-dir": {
+    type: "string",
+    value: "DIR",
+    help: "where the backups are read (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)",
+  },
+} as const satisfies Flags;
+
 /**
  * The flags of this run that the commands it advises repeat (see `followUpCommand`): those of
  * {@link PLAN_FLAGS}, {@link CONNECT_FLAG} and {@link STATE_FLAGS} that `values` holds.

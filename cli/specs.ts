@@ -14,6 +14,7 @@ import {
   HOOKS_DIR_FLAG,
   HOST_FLAGS,
   PLAN_FLAGS,
+  READ_STATE_FLAGS,
   STATE_FLAGS,
   YES_FLAG,
 } from "./flags.ts";
@@ -235,7 +236,7 @@ export const BACKUPS = {
   summary: "list the backups taken before each define",
   positionals: [{ name: "VM" }],
   flags: {
-    ...STATE_FLAGS,
+    ...READ_STATE_FLAGS,
     json: { type: "boolean", help: "print the backup entries as JSON" },
   },
   about: `

@@ -410,3 +410,18 @@ Deno.test("every command's flags parse as node:util parseArgs parses them, error
     }
   }
 });
+
+Deno.test("backups' --state-dir help says nothing of a lock, which only apply and rollback take", () => {
+  const help = (name: string) =>
+    COMMANDS.find((command) => command.name === name)!.help.split("\nOptions:\n")[1]!.replaceAll(
+      /\s+/g,
+      " ",
+    );
+  assertMatch(help("apply"), /--state-dir DIR [^-]*the lock is in \/run\/passthrough as root/);
+  assertMatch(help("rollback"), /--state-dir DIR [^-]*the lock is in \/run\/passthrough as root/);
+  assertOk(!/lock/.test(help("backups")), help("backups"));
+  assertMatch(
+    help("backups"),
+    /--state-dir DIR where the backups are read \(default: \$PASSTHROUGH_STATE_DIR or \/var\/lib\/passthrough\)/,
+  );
+});
