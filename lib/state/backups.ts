@@ -17,7 +17,8 @@
 
 import { sha256Hex } from "./sha256.ts";
 import { lockUri } from "./lock.ts";
-import { followUpCommand, type RunFlags } from "../render/shell.ts";
+import { followUpCommand, type RunFlags, shellWord } from "../render/shell.ts";
+import { errorText } from "../render/error_text.ts";
 import { dirname, join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
@@ -407,7 +408,7 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
   // One listing: read twice, a backup written in between (by an apply of another connection,
   // while `backups` reads) was in the second only, its XML or sidecar missing from the first.
   const names = new Map<string, Deno.DirEntry>();
-  for (const file of Deno.readDirSync(dir)) names.set(file.name, file);
+  for (const file of listDir(dir)) names.set(file.name, file);
   for (const file of names.values()) {
     if (file.name.startsWith(".")) {
       const problem = temporaryFileProblem(join(dir, file.name));
@@ -418,6 +419,28 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
     } else if (file.name.endsWith(".json")) {
       inspectSidecar(dir, file, { vm, names, into });
     }
+  }
+}
+
+/**
+ * The entries of a directory under `backups/`, already found to be ours: one its owner cannot
+ * list (a `chmod` by hand) is a {@link StateDirError} (`unreadable`) naming it and the `chmod`
+ * that gives it back, which a listing of every VM reports next to the others.
+ */
+function listDir(dir: string): Deno.DirEntry[] {
+  try {
+    return [...Deno.readDirSync(dir)];
+  } catch (error) {
+    // Ours (checked before) and private: 0700 is what passthrough made it.
+    const fix = error instanceof Deno.errors.PermissionDenied
+      ? `: run "chmod 700 ${shellWord(dir)}"`
+      : "";
+    throw new StateDirError(
+      dir,
+      "unreadable",
+      `Cannot read "${dir}": ${errorText(error)}${fix}`,
+      { cause: error },
+    );
   }
 }
 
@@ -546,7 +569,7 @@ export function inspectBackups(stateDir: string | StateDir, vm?: string): Backup
     const dir = backupDir(state, vm);
     if (checkPrivateDir(dir, state)) inspectVmDir(dir, vm, listing);
   } else if (checkPrivateDir(state.backupsPath, state)) {
-    for (const entry of Deno.readDirSync(state.backupsPath)) {
+    for (const entry of listDir(state.backupsPath)) {
       if (entry.name.startsWith(".")) continue;
       const dir = join(state.backupsPath, entry.name);
       try {

@@ -26,7 +26,8 @@ export const STATE_DIR_ENV = "PASSTHROUGH_STATE_DIR";
  * Why a directory cannot be used for state: `missing` (only reported when nothing may be
  * created), `symlink`, `not-directory`, `foreign-owner` (owned by another uid),
  * `loose-permissions` (group- or world-writable) or `unwritable` (cannot be created or written,
- * e.g. a read-only or full file system); or why a file in it cannot be read back:
+ * e.g. a read-only or full file system), `unreadable` (a directory its owner cannot list, its
+ * mode changed by hand); or why a file in it cannot be read back:
  * `unexpected-file` (a symlink, FIFO, device or directory where passthrough writes a regular
  * file, or a file larger than any passthrough writes).
  */
@@ -37,6 +38,7 @@ export type StateDirProblem =
   | "foreign-owner"
   | "loose-permissions"
   | "unwritable"
+  | "unreadable"
   | "unexpected-file";
 
 /** The state directory (or a directory inside it) is unsafe or unusable. */

@@ -1045,3 +1045,75 @@ Deno.test("inspectBackups() says a backup written a moment ago may be in writing
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+/** `inspectBackups(stateDir, vm)` run as uid 65534: its listing, or the error's message. */
+async function inspectAsNobody(stateDir: string, vm?: string): Promise<string> {
+  const module = new URL("../../lib/state/backups.ts", import.meta.url).href;
+  const code = `
+    import { inspectBackups } from ${JSON.stringify(module)};
+    try {
+      const { entries, problems } = inspectBackups(${JSON.stringify(stateDir)}, ${
+    JSON.stringify(vm)
+  });
+      console.log(JSON.stringify({ vms: entries.map((e) => e.vm), problems }));
+    } catch (error) {
+      console.log(\`\${error.name}: \${error.message}\`);
+    }
+  `;
+  const out = await new Deno.Command("setpriv", {
+    args: ["--reuid=65534", "--regid=65534", "--clear-groups", Deno.execPath(), "eval", code],
+    env: { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  assertEquals(out.code, 0, text.decode(out.stderr));
+  return text.decode(out.stdout).trim();
+}
+
+Deno.test({
+  name:
+    "inspectBackups() names a VM folder its owner cannot read, with the chmod, and lists the rest",
+  ignore: Deno.uid() !== 0,
+  async fn() {
+    const root = tempDir();
+    try {
+      Deno.chmodSync(root, 0o755);
+      Deno.mkdirSync(`${root}/deno`);
+      Deno.chownSync(`${root}/deno`, 65534, 65534);
+      const state = openStateDir(`${root}/state`);
+      backupOf(state, "win10", { second: 1 });
+      backupOf(state, "linux", { second: 2 });
+      const chown = (path: string) => {
+        Deno.chownSync(path, 65534, 65534);
+        if (!Deno.lstatSync(path).isDirectory) return;
+        for (const entry of Deno.readDirSync(path)) chown(`${path}/${entry.name}`);
+      };
+      chown(state.path);
+      Deno.chmodSync(`${state.backupsPath}/win10`, 0o000);
+      // It stopped on "Permission denied (os error 13): readdir '.../win10'", listing nothing.
+      const fix = `run "chmod 700 ${state.backupsPath}/win10"`;
+      const listing = JSON.parse(await inspectAsNobody(state.path));
+      assertEquals(listing.vms, ["linux"]);
+      assertEquals(listing.problems.length, 1, JSON.stringify(listing.problems));
+      assertEquals(listing.problems[0].path, `${state.backupsPath}/win10`);
+      assertMatch(listing.problems[0].detail, new RegExp(`Permission denied.*: ${fix}$`));
+      // The VM's own listing (rollback's choice of backup) fails with the same located sentence.
+      assertMatch(
+        await inspectAsNobody(state.path, "win10"),
+        new RegExp(
+          `^StateDirError: Cannot read "${state.backupsPath}/win10": Permission denied.*: ${fix}$`,
+        ),
+      );
+      Deno.chmodSync(state.backupsPath, 0o000);
+      assertMatch(
+        await inspectAsNobody(state.path),
+        new RegExp(
+          `^StateDirError: Cannot read "${state.backupsPath}": Permission denied.*: run "chmod 700 ${state.backupsPath}"$`,
+        ),
+      );
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  },
+});
