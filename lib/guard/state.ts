@@ -585,19 +585,29 @@ export function recordRefusals(
 }
 
 /**
- * The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. A
- * `guard/refused` that is not a directory is a {@link StateDirError} saying to remove it.
+ * `guard/` of the state directory, or its folder `kind`, checked as every reader of the state
+ * directory checks its directories (not links, ours, writable by us alone: records another user
+ * could plant are never read as ours); `null` when it does not exist. Nothing written. Throws a
+ * {@link StateDirError} for an unsafe one; a `guard/refused` that is not a directory is one saying
+ * to remove it.
  */
-export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
-  const dir = guardPath(stateDir, "refused");
-  const records: GuardRefusalRecord[] = [];
-  let entries: Deno.DirEntry[];
+function checkedGuardDir(stateDir: string, kind?: GuardFolder): string | null {
+  let state: StateDir;
   try {
-    entries = [...Deno.readDirSync(dir)];
+    state = openStateDir(stateDir, { write: false });
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return [];
+    if (error instanceof StateDirError && error.problem === "missing") return null;
+    throw error;
+  }
+  const guard = guardPath(state.path);
+  if (!checkPrivateDir(guard, state)) return null;
+  if (kind === undefined) return guard;
+  const dir = join(guard, kind);
+  try {
+    return checkPrivateDir(dir, state) ? dir : null;
+  } catch (error) {
     // The hook cannot record a refusal there either (it says "not a directory"): say what to do.
-    if (error instanceof Deno.errors.NotADirectory) {
+    if (error instanceof StateDirError && error.problem === "not-directory" && kind === "refused") {
       throw new StateDirError(
         dir,
         "not-directory",
@@ -607,6 +617,18 @@ export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
     }
     throw error;
   }
+}
+
+/**
+ * The recorded refusals, one per VM that has one, sorted by VM name, from a `guard/refused` the
+ * checks of `checkedGuardDir` trust. Nothing written. An unsafe one is a
+ * {@link StateDirError}.
+ */
+export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
+  const dir = checkedGuardDir(stateDir, "refused");
+  if (dir === null) return [];
+  const records: GuardRefusalRecord[] = [];
+  const entries = [...Deno.readDirSync(dir)];
   for (const entry of entries) {
     if (!entry.isFile || !entry.name.endsWith(".json")) continue;
     try {
@@ -656,10 +678,15 @@ export function recordReload(
   replaceFileSync(guard, RELOAD_FILE, `${JSON.stringify(record, null, 2)}\n`);
 }
 
-/** The reloads `hook install` recorded, or `[]` when none can be read. Nothing written. */
+/**
+ * The reloads `hook install` recorded, or `[]` when none can be read, or the record is in a
+ * directory the checks of `checkedGuardDir` do not trust. Nothing written.
+ */
 export function readReloadRecords(stateDir: string): ReloadRecord[] {
   try {
-    const data = JSON.parse(readGuardFile(guardPath(stateDir, RELOAD_FILE)) ?? "null");
+    const guard = checkedGuardDir(stateDir);
+    if (guard === null) return [];
+    const data = JSON.parse(readGuardFile(join(guard, RELOAD_FILE)) ?? "null");
     return typeof data?.name === "string" && typeof data?.pid === "number" ? [data] : [];
   } catch {
     return [];

@@ -15,6 +15,7 @@ import {
   takeAllowance,
 } from "../../lib/guard/state.ts";
 import { RELOAD_FILE } from "../../lib/guard/layout.ts";
+import { StateDirError } from "../../lib/state/state_dir.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 /** The domain allowances are given for in these tests. */
@@ -770,5 +771,39 @@ Deno.test("a guard allow killed before renaming its allowance into place leaves 
     // The same start with a refusal takes the slow path: the test can see it.
     const refused = await start(MOVED.replace("<name>win11</name>", "<name>other</name>"));
     assertMatch(new TextDecoder().decode(refused.stderr), /the state code was loaded/);
+  });
+});
+
+Deno.test("readRefusalRecords() and readReloadRecords() trust only directories of ours, as the other state readers do", async () => {
+  await withTree(async (root, state) => {
+    await run(root, state, MOVED);
+    recordReload(state, { name: "virtqemud", pid: 4242 }, new Date("2026-12-01T10:00:00Z"));
+    const guard = `${state}/guard`;
+    assertEquals(readRefusalRecords(state).map((r) => r.vm), ["win11"]);
+    assertEquals(readReloadRecords(state).length, 1);
+    // guard/refused a link to records another user planted: they were read, and plan showed them.
+    const elsewhere = `${state}/../elsewhere`;
+    Deno.renameSync(`${guard}/refused`, elsewhere);
+    Deno.symlinkSync(elsewhere, `${guard}/refused`);
+    assertThrows(() => readRefusalRecords(state), StateDirError, "it is a symbolic link");
+    Deno.removeSync(`${guard}/refused`);
+    Deno.renameSync(elsewhere, `${guard}/refused`);
+    // A guard/ (or state directory) another user may write: its records were read as ours.
+    Deno.chmodSync(guard, 0o777);
+    assertThrows(() => readRefusalRecords(state), StateDirError, "group- or world-writable");
+    assertEquals(readReloadRecords(state), []);
+    Deno.chmodSync(guard, 0o700);
+    Deno.chmodSync(state, 0o777);
+    assertThrows(() => readRefusalRecords(state), StateDirError, "group- or world-writable");
+    assertEquals(readReloadRecords(state), []);
+    Deno.chmodSync(state, 0o700);
+    if (Deno.uid() === 0) {
+      Deno.chownSync(guard, 65534, null);
+      assertThrows(() => readRefusalRecords(state), StateDirError, "owned by uid 65534");
+      assertEquals(readReloadRecords(state), []);
+      Deno.chownSync(guard, 0, null);
+    }
+    assertEquals(readRefusalRecords(state).map((r) => r.vm), ["win11"]);
+    assertEquals(readReloadRecords(state).length, 1);
   });
 });
