@@ -12,7 +12,7 @@
  * @module
  */
 
-import { isAbsolute, isFileName, join, resolve } from "./paths.ts";
+import { dirname, isAbsolute, isFileName, join, resolve } from "./paths.ts";
 import { errorText } from "../render/error_text.ts";
 import { shellWord } from "../render/shell.ts";
 
@@ -222,8 +222,8 @@ function createPrivateDir(path: string): void {
       { cause: error },
     );
   }
-  // The umask can only remove bits, but be explicit: the directory will hold secrets.
-  Deno.chmodSync(path, 0o700);
+  // Its mode is mkdir's alone (0700, less what the umask takes): a chmod by path here followed a
+  // link that another user who can write the parent swapped in since, whatever it pointed to.
 }
 
 /**
@@ -269,13 +269,57 @@ const OWN_ENTRY =
  * private on its own (`backups/` and `guard/` 0700, files 0600). Called once the directory is
  * known to be ours and writable.
  */
-function tightenOwnStateDir(path: string): void {
+function tightenOwnStateDir(path: string, uid: number): void {
   const mode = Deno.lstatSync(path).mode ?? 0;
   if ((mode & 0o077) === 0) return;
   for (const entry of Deno.readDirSync(path)) {
     if (!OWN_ENTRY.test(entry.name)) return;
   }
+  // Deno has no fchmod: the chmod goes by path, and follows a link at it. Where another user
+  // could put one there (`--state-dir ~alice/pt` as root) the mode stays: it only let others
+  // look in, at entries private on their own.
+  if (othersCanChange(dirname(path), uid) !== null) return;
   Deno.chmodSync(path, mode & 0o7700);
+}
+
+/**
+ * The first of `dir` and the directories above it (and the links on the way, and their
+ * targets' ways) that a user other than `uid` and root could change, so as to swap an entry in
+ * `dir` for a symbolic link; `null` when there is none: each is owned by `uid` or root, and each
+ * directory is writable by its owner alone or sticky (where others cannot rename what is not
+ * theirs). The way sshd's StrictModes checks the way to a user's keys. A component that cannot
+ * be looked at counts as changeable.
+ */
+function othersCanChange(dir: string, uid: number, links = 0): string | null {
+  const prefixes = ["/"];
+  for (const part of dir.split("/").filter((p) => p !== "")) {
+    prefixes.push(join(prefixes.at(-1)!, part));
+  }
+  for (const prefix of prefixes) {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(prefix);
+    } catch {
+      return prefix;
+    }
+    if (info.uid !== uid && info.uid !== 0) return prefix;
+    if (info.isSymlink) {
+      // 40: the kernel's own limit (ELOOP).
+      if (links >= 40) return prefix;
+      let target: string;
+      try {
+        target = Deno.readLinkSync(prefix);
+      } catch {
+        return prefix;
+      }
+      const resolved = isAbsolute(target) ? target : join(dirname(prefix), target);
+      const changeable = othersCanChange(resolved, uid, links + 1);
+      if (changeable !== null) return changeable;
+    } else if ((info.mode ?? 0) & 0o022 && !((info.mode ?? 0) & 0o1000)) {
+      return prefix;
+    }
+  }
+  return null;
 }
 
 /**
@@ -313,7 +357,7 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
     uid ??= probed;
   }
   checkOwner(root, owner, uid);
-  if (write) tightenOwnStateDir(root);
+  if (write) tightenOwnStateDir(root, uid ?? owner);
   if (write) createPrivateDir(backupsPath);
   try {
     checkOwner(backupsPath, checkDirShape(backupsPath), uid, root);

@@ -75,6 +75,68 @@ Deno.test("openStateDir() makes a 0755 state directory holding only its own entr
   }
 });
 
+Deno.test("openStateDir() makes its directories 0700 by mkdir's mode alone, never by a chmod of a path a link could be swapped in at", () => {
+  const root = tempDir();
+  // Watched, not replaced: a chmod by path after mkdir followed a symlink another user who can
+  // write the parent swapped in between, and changed the mode of whatever it points to.
+  const chmodSync = Deno.chmodSync;
+  const chmodded: string[] = [];
+  Deno.chmodSync = (path, mode) => {
+    chmodded.push(String(path));
+    chmodSync(path, mode);
+  };
+  try {
+    const state = openStateDir(`${root}/deep/state`);
+    ensurePrivateDir(`${state.backupsPath}/win10`, state);
+    assertEquals(chmodded, []);
+    for (const dir of [state.path, state.backupsPath, `${state.backupsPath}/win10`]) {
+      assertEquals(mode(dir), 0o700, dir);
+    }
+  } finally {
+    Deno.chmodSync = chmodSync;
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() leaves a 0755 state directory as it is where another user could swap it for a link before the chmod", () => {
+  const root = tempDir();
+  try {
+    const old = (parent: string) => {
+      Deno.mkdirSync(`${parent}/old/guard`, { recursive: true, mode: 0o755 });
+      Deno.chmodSync(`${parent}/old`, 0o755);
+      return `${parent}/old`;
+    };
+    // A parent anyone may write (not sticky): anyone could rename the directory away and put a
+    // link to /etc in its place between the check and the chmod, which would follow it.
+    Deno.mkdirSync(`${root}/open`, { mode: 0o777 });
+    Deno.chmodSync(`${root}/open`, 0o777);
+    openStateDir(old(`${root}/open`));
+    assertEquals(mode(`${root}/open/old`), 0o755);
+    // Also through a link to such a parent, and two levels below one.
+    Deno.symlinkSync(`${root}/open`, `${root}/link`);
+    Deno.removeSync(`${root}/open/old`, { recursive: true });
+    openStateDir(old(`${root}/link`));
+    assertEquals(mode(`${root}/open/old`), 0o755);
+    Deno.mkdirSync(`${root}/open/deeper`, { mode: 0o700 });
+    openStateDir(old(`${root}/open/deeper`));
+    assertEquals(mode(`${root}/open/deeper/old`), 0o755);
+    // A sticky one (/tmp): no other user may rename what is ours in it.
+    Deno.mkdirSync(`${root}/sticky`);
+    Deno.chmodSync(`${root}/sticky`, 0o1777);
+    openStateDir(old(`${root}/sticky`));
+    assertEquals(mode(`${root}/sticky/old`), 0o700);
+    if (Deno.uid() === 0) {
+      // Root with a state directory in another user's folder (--state-dir ~alice/pt).
+      Deno.mkdirSync(`${root}/alice`, { mode: 0o755 });
+      Deno.chownSync(`${root}/alice`, 65534, 65534);
+      openStateDir(old(`${root}/alice`));
+      assertEquals(mode(`${root}/alice/old`), 0o755);
+    }
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("openStateDir() refuses a state directory that is a symlink", () => {
   const root = tempDir();
   try {
