@@ -435,11 +435,13 @@ function listDir(dir: string): Deno.DirEntry[] {
     const fix = error instanceof Deno.errors.PermissionDenied
       ? `: run "chmod 700 ${shellWord(dir)}"`
       : "";
+    // The message quotes the system's reason: as a cause too, it would have the CLI add its
+    // generic "check the owner and mode of that path, or run as root" after the fix.
     throw new StateDirError(
       dir,
       "unreadable",
       `Cannot read "${dir}": ${errorText(error)}${fix}`,
-      { cause: error },
+      fix === "" ? { cause: error } : {},
     );
   }
 }

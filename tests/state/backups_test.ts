@@ -1057,7 +1057,9 @@ async function inspectAsNobody(stateDir: string, vm?: string): Promise<string> {
   });
       console.log(JSON.stringify({ vms: entries.map((e) => e.vm), problems }));
     } catch (error) {
-      console.log(\`\${error.name}: \${error.message}\`);
+      // A cause the CLI adds its generic "or run as root" for (main.ts describeError) shows.
+      const cause = error.cause instanceof Deno.errors.PermissionDenied ? " [cause]" : "";
+      console.log(\`\${error.name}: \${error.message}\${cause}\`);
     }
   `;
   const out = await new Deno.Command("setpriv", {
