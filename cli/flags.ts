@@ -8,13 +8,15 @@
  * The parser is `node:util` `parseArgs`'s strict mode, rules and messages, written out here, and
  * refuses an empty value, which parseArgs takes:
  * importing any `node:` module loads Deno's Node compatibility layer at every start. Nothing but
- * `./context.ts` is imported, so the command table and every `--help` stay light.
+ * `./context.ts` and the "did you mean" that `main` loads anyway is imported, so the command
+ * table and every `--help` stay light.
  *
  * @module
  */
 
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import type { RunFlags } from "../lib/render/shell.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
 
 /** A flag without a value: `false` unless given. */
 export interface BooleanFlag {
@@ -72,6 +74,11 @@ export interface SubcommandSpec {
    * hook written by another passthrough) rather than the user, who cannot fix it by hand.
    */
   readonly usageHint?: string;
+  /**
+   * Other words users type for it (`uninstall` for `remove`), suggested for them before a near
+   * name is: "uninstall" is a typo's distance from "install", which would do the opposite.
+   */
+  readonly otherNames?: readonly string[];
 }
 
 /** Everything about a command except what it does when it runs. */
@@ -679,7 +686,11 @@ function parseSubcommandLine(
     throw new UsageError(`Missing the subcommand: ${list}`);
   }
   const sub = subcommands.find((c) => c.name === name);
-  if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
+  if (sub === undefined) {
+    const meant = subcommands.find((c) => c.otherNames?.includes(name.toLowerCase()));
+    const hint = meant === undefined ? didYouMean(name, names) : ` (did you mean "${meant.name}"?)`;
+    throw new UsageError(`Unknown subcommand "${name}"${hint}: ${list}`);
+  }
   // The run's line comes from a hook, whose own hint says what to do; a user's line is told
   // which subcommands take a flag the help lists.
   const elsewhere = sub.usageHint === undefined ? otherSubcommandsFlag(spec, sub, all, rest) : null;

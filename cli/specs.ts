@@ -285,7 +285,12 @@ export const HOOK = {
       summary: "show whether the hook is installed, runnable and up to date (exit 1 when not)",
       flags: { ...HOOKS_DIR_FLAG, json: { type: "boolean", help: "print the result as JSON" } },
     },
-    { name: "remove", summary: "delete the hook", flags: { ...HOOKS_DIR_FLAG } },
+    {
+      name: "remove",
+      summary: "delete the hook",
+      flags: { ...HOOKS_DIR_FLAG },
+      otherNames: ["uninstall", "delete", "rm"],
+    },
     {
       name: "run",
       summary: "the check the hook runs, with the domain XML on standard input (internal)",

@@ -127,6 +127,22 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   // A command with one subcommand names it alone.
   assertMatch((await runMain(["guard"])).err, /: Missing the subcommand: allow\n/);
   assertMatch((await runMain(["hook", "frob"])).err, /: Unknown subcommand "frob": install, /);
+  // A near name is suggested as for commands; "uninstall", a typo's distance from "install",
+  // means remove: suggesting install would put back what the user is taking away.
+  for (
+    const [word, meant] of [
+      ["uninstall", "remove"],
+      ["stauts", "status"],
+      ["delete", "remove"],
+    ] as const
+  ) {
+    const run = await runMain(["hook", word]);
+    assertEquals(run.code, 2, run.err);
+    assertMatch(
+      run.err,
+      new RegExp(`: Unknown subcommand "${word}" \\(did you mean "${meant}"\\?\\): install, `),
+    );
+  }
   // The hook's help lists --json and --state-dir: "Unknown option" read as if there were none.
   assertMatch(
     (await runMain(["hook", "remove", "--json"])).err,
