@@ -402,15 +402,35 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
 function remove({ values }: HookLine<"remove">, io: CliIo): number {
   const dir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { path } = inspectHook(dir);
+  const before = otherHooksIn(dir);
   const { removed, leftovers } = removeHook(dir);
+  const after = otherHooksIn(dir);
+  // A link to the hook now leads nowhere, which libvirt skips: until an install puts the hook
+  // back, when it runs it twice again.
+  const dangling = before.filter((other) => !after.includes(other) && isDanglingLink(other));
   io.out(
     [
       removed ? `Removed the start guard: ${path}` : `No hook at ${path}`,
       ...leftovers.map((leftover) => `Removed ${leftover}, left from an interrupted install`),
       ...otherHookNotes(dir),
+      ...dangling.map((link) =>
+        `Note: ${link} led to it and now leads nowhere (an install would make it run the hook a ` +
+        `second time): rm ${shellWord(link)}`
+      ),
     ].join("\n") + "\n",
   );
   return 0;
+}
+
+/** Whether `path` is a symbolic link that leads to nothing. */
+function isDanglingLink(path: string): boolean {
+  try {
+    if (!Deno.lstatSync(path).isSymlink) return false;
+    Deno.statSync(path);
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound;
+  }
 }
 
 /** The hook's own check (`cli/hook_check.ts`), for bundles without it and compiled binaries. */

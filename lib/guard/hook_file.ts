@@ -436,26 +436,29 @@ function leftoversIn(dir: string): string[] {
 
 /**
  * The other passthrough hooks in `dir`, sorted: executable regular files beside
- * {@link HOOK_FILE_NAME} (a copy kept as `50-passthrough-guard.bak`, one renamed), which libvirt
- * runs at every start too, each a guard by its own settings: one of the two uses up the allowance
- * `guard allow` gives, and the other refuses the start. A file too large to be one, or that cannot
- * be read, is none.
+ * {@link HOOK_FILE_NAME} (a copy kept as `50-passthrough-guard.bak`, one renamed), and symbolic
+ * links to one (to the hook itself: libvirt follows links), which libvirt runs at every start
+ * too, each a guard by its own settings: one of the two uses up the allowance `guard allow`
+ * gives, and the other refuses the start. A file too large to be one, or that cannot be read, is
+ * none.
  */
 export function otherHooksIn(dir: string): string[] {
   let names: string[];
   try {
-    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name);
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile || e.isSymlink).map((e) => e.name);
   } catch {
     return [];
   }
   return names.filter((name) => name !== HOOK_FILE_NAME && !LEFTOVER.test(name)).sort()
     .map((name) => join(dir, name)).filter((path) => {
       try {
-        const info = Deno.lstatSync(path);
+        // What libvirt runs: where a link leads, read as the hook file is (never through a link).
+        const real = Deno.realPathSync(path);
+        const info = Deno.lstatSync(real);
         if (!info.isFile || ((info.mode ?? 0) & 0o111) === 0 || info.size > MAX_HOOK_BYTES) {
           return false;
         }
-        return isPassthroughHook(readHookFile(path));
+        return isPassthroughHook(readHookFile(real));
       } catch {
         return false;
       }
@@ -467,9 +470,9 @@ export function otherHooksIn(dir: string): string[] {
  * `hook install`, `status`, `remove` and `doctor`; removing it (`rm`) is the fix.
  */
 export function otherHookProblem(path: string): string {
-  return `${path} is another passthrough hook, which libvirt also runs at every start: a guard ` +
-    "allow lets no start through (one of the two uses it up, the other refuses), and it checks " +
-    "by its own settings";
+  return `${path} is another passthrough hook or a link to one, which libvirt also runs at ` +
+    "every start: a guard allow lets no start through (one of the two uses it up, the other " +
+    "refuses), and it checks by its own settings";
 }
 
 /**

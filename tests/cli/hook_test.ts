@@ -2139,8 +2139,8 @@ Deno.test("a copy of the hook kept beside it in qemu.d, which libvirt runs too a
     }
     assertEquals(starts, [0, 1]);
 
-    const problem = `${copy} is another passthrough hook, which libvirt also runs at every ` +
-      "start: a guard allow lets no start through (one of the two uses it up, the other " +
+    const problem = `${copy} is another passthrough hook or a link to one, which libvirt also ` +
+      "runs at every start: a guard allow lets no start through (one of the two uses it up, the other " +
       "refuses), and it checks by its own settings";
     const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
     assertEquals(status.code, 1, status.stdout);
@@ -2171,6 +2171,45 @@ Deno.test("a copy of the hook kept beside it in qemu.d, which libvirt runs too a
     );
     // Not removed: passthrough never deletes a file it did not write there.
     assertEquals(pathExists(copy), true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a symbolic link in qemu.d to the hook, which libvirt runs as a second hook, is reported by hook status, remove and install with the rm that removes the link alone", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-link-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    const hooks = `${dir}/qemu.d`;
+    // A link made by hand (or by a package's alternatives) to "enable" the guard: libvirt runs
+    // every executable of qemu.d, following links, so the hook runs twice at every start.
+    const link = `${hooks}/60-passthrough-guard`;
+    Deno.symlinkSync(hook, link);
+    allowNextStart(`${dir}/state`, "win11", { uuid: WIN11_UUID });
+    const starts = [];
+    for (const path of [hook, link]) {
+      starts.push((await runHook(path, ["win11", "prepare", "begin", "-"], MOVED)).code);
+    }
+    assertEquals(starts, [0, 1]);
+
+    const problem = `${link} is another passthrough hook or a link to one, which libvirt also ` +
+      "runs at every start: a guard allow lets no start through (one of the two uses it up, the " +
+      "other refuses), and it checks by its own settings";
+    const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+    assertEquals(status.code, 1, status.stdout);
+    const report = JSON.parse(status.stdout);
+    assertEquals([report.problems, report.fix], [[problem], `rm ${link}`]);
+    const remove = await runCli(["hook", "remove", "--hooks-dir", hooks]);
+    assertEquals(remove.code, 0, remove.stderr);
+    assertEquals(
+      remove.stdout,
+      `Removed the start guard: ${hook}\nNote: ${link} led to it and now leads nowhere (an ` +
+        `install would make it run the hook a second time): rm ${link}\n`,
+    );
+    const install = await runCli([...installArgs(dir, tree.dir)]);
+    assertEquals(install.code, 0, install.stderr);
+    assertOk(install.stdout.endsWith(`\nNote: ${problem}: rm ${link}\n`), install.stdout);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

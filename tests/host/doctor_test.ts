@@ -582,7 +582,7 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
   assertEquals(copy.status, "fail");
   assertMatch(
     copy.summary,
-    /\/50-passthrough-guard\.bak is another passthrough hook, which libvirt also runs at every start: /,
+    /\/50-passthrough-guard\.bak is another passthrough hook or a link to one, which libvirt also runs at every start: /,
   );
   assertMatch(copy.hint!, /^rm \/\S+\/50-passthrough-guard\.bak$/);
   // A user's own hook under our name: the hint keeps it (hook install refuses to replace it).
