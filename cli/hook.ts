@@ -34,6 +34,7 @@ import {
   inspectHook,
   installCommand,
   installHook,
+  MAX_DEADLINE_SECONDS,
   otherHookProblem,
   otherHooksIn,
   readByLibvirt,
@@ -91,9 +92,9 @@ function parseDeadline(text: string | undefined): number {
   if (text === undefined) return DEFAULT_DEADLINE_SECONDS;
   // Digits alone: Number() also reads "0x10" as 16 and "6e2" as 600.
   const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isInteger(n) || n < 1 || n > 600) {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_DEADLINE_SECONDS) {
     throw new UsageError(
-      `--deadline must be a whole number of seconds from 1 to 600, not "${text}"`,
+      `--deadline must be a whole number of seconds from 1 to ${MAX_DEADLINE_SECONDS}, not "${text}"`,
     );
   }
   return n;

@@ -65,6 +65,9 @@ export const GUARD_SCOPE =
 /** How long the check may take before the start is refused. */
 export const DEFAULT_DEADLINE_SECONDS = 10;
 
+/** The longest deadline `hook install --deadline` takes. */
+export const MAX_DEADLINE_SECONDS = 600;
+
 /** Where coreutils' `timeout` is looked for. */
 const TIMEOUT_CANDIDATES = ["/usr/bin/timeout", "/bin/timeout"] as const;
 
@@ -97,7 +100,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 10;
+export const HOOK_FORMAT = 11;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -121,6 +124,7 @@ export function renderHookScript(settings: HookSettings): string {
   const deadline = String(settings.deadline);
   // libvirt runs hooks only from its own directory: the command leaves --hooks-dir out.
   const reinstall = shellQuote(installCommand({ path: "", settings }, { hooksDir: false }));
+  const longer = longerDeadlineAdvice(settings);
   const files = hookCode(settings).files.map(shellQuote).join(" ");
   return `#!/bin/sh
 # passthrough start guard: refuses to start a VM when a passed-through PCI address now holds
@@ -188,10 +192,14 @@ ${cacheChecks(settings)}  ;;
 esac
 case $status in
   124)
-    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "%s"\\n' "$1" ${deadline} "$see" >&2
+    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed): a heavily loaded host, or the first start after an install or a Deno upgrade (the check is compiled then), can take longer%s; see "%s"\\n' "$1" ${deadline} ${
+    shellQuote(longer === null ? "" : `; to give it longer: ${longer}`)
+  } "$see" >&2
     exit 1 ;;
   137)
-    printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed); see "%s"\\n' "$1" ${deadline} "$see" >&2
+    printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed)%s; see "%s"\\n' "$1" ${deadline} ${
+    shellQuote(longer === null ? "" : `; if it was the deadline, give it longer: ${longer}`)
+  } "$see" >&2
     exit 1 ;;
   125 | 126 | 127)
     printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "%s"\\n' "$1" "$status" ${reinstall} >&2
@@ -203,6 +211,18 @@ case $status in
     exit 1 ;;
 esac
 `;
+}
+
+/**
+ * The `hook install` that gives the check a longer deadline (thrice this one, 30 s at least, 600
+ * at most), quoted for the refusal that a deadline ends; `null` at the longest already.
+ */
+function longerDeadlineAdvice(settings: HookSettings): string | null {
+  if (settings.deadline >= MAX_DEADLINE_SECONDS) return null;
+  const deadline = Math.min(MAX_DEADLINE_SECONDS, Math.max(30, settings.deadline * 3));
+  return `"${
+    installCommand({ path: "", settings: { ...settings, deadline } }, { hooksDir: false })
+  }"`;
 }
 
 /**
