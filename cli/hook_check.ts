@@ -171,9 +171,14 @@ async function checkThisStart(): Promise<number> {
   try {
     return await hookCheck(Deno.args, writeError);
   } catch (error) {
-    // Without a stack trace.
+    // Without a stack trace; naming the VM, as virsh start shows this line alone (a module of a
+    // bundle gone, say).
     const message = errorText(error);
-    writeError(`${guardLine(`passthrough guard: the check failed: ${message}`)}\n`);
+    const args = parseHookCheckArgs(Deno.args);
+    const refusing = typeof args === "string"
+      ? ""
+      : `refusing to start ${JSON.stringify(args.vm)}: `;
+    writeError(`${guardLine(`passthrough guard: ${refusing}the check failed: ${message}`)}\n`);
     return 1;
   }
 }

@@ -100,7 +100,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 11;
+export const HOOK_FORMAT = 12;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -138,10 +138,13 @@ ${SETTINGS_PREFIX}${JSON.stringify(settings)}
 # cache in it is made with its parents): under libvirt's umask (022) it would be 0755.
 umask 077
 # The check is told this hook's directory, for the "passthrough hook status" its refusals name:
-# without --hooks-dir that reads libvirt's default one, not where this hook was installed.
-${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
-  ${command} --hooks-dir "\${0%/*}" -- "$1" "$2" "$3" "$4" >/dev/null
+# without --hooks-dir that reads libvirt's default one, not where this hook was installed. What it
+# says is kept, then passed on: a check that ran says it in lines of its own ("passthrough ..."),
+# unlike a Deno that stopped before it (a .npmrc it cannot read, a module gone), naming no VM.
+said=$(${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
+  ${command} --hooks-dir "\${0%/*}" -- "$1" "$2" "$3" "$4" 2>&1 >/dev/null)
 status=$?
+[ -n "$said" ] && printf '%s\\n' "$said" >&2
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: not one with a terminal's controls, C0 or, as UTF-8 bytes, C1, the
 # line separators, the bidirectional controls and the characters that show nothing (soft hyphen,
@@ -207,9 +210,26 @@ case $status in
   *)
     if [ "$status" -gt 128 ]; then
       printf 'passthrough guard: refusing to start "%s": the check was ended by signal %s (failing closed)\\n' "$1" $((status - 128)) >&2
+      exit 1
     fi
-    exit 1 ;;
+${stoppedCheck(settings)}    exit 1 ;;
 esac
+`;
+}
+
+/**
+ * The hook's lines that say, after what `deno run` said, that it stopped before the check ran (a
+ * `.npmrc` it cannot read, a module gone: in words naming no VM), where the check did not speak
+ * (its lines begin "passthrough "). A compiled binary (`hook run`) has no such step of its own.
+ */
+function stoppedCheck(settings: HookSettings): string {
+  if (settings.command[1] !== "run") return "";
+  return `    case "
+$said" in
+      *"
+passthrough "*) ;;
+      *) printf 'passthrough guard: refusing to start "%s": the check could not run: Deno stopped before it, as said above (failing closed); see "%s", which says why\\n' "$1" "$see" >&2 ;;
+    esac
 `;
 }
 
@@ -985,6 +1005,17 @@ export interface HookInspection {
    * start.
    */
   cacheBlocked: string | null;
+  /**
+   * A `.npmrc` in the hook's `HOME` (its Deno cache), which passthrough never writes: Deno reads
+   * it before the check at every start, and stops on one it cannot read or parse; `null` when
+   * none.
+   */
+  npmrc: string | null;
+  /**
+   * The modules of the bundle the hook runs that its entry imports and that are gone (a build
+   * or a copy cut short): every start is then refused.
+   */
+  missingModules: string[];
 }
 
 /**
@@ -1276,7 +1307,8 @@ export interface HookFileProblem {
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const inspection = { path: "/etc/libvirt/hooks/qemu.d/50-passthrough-guard",
  *   executable: false, intact: true, format: HOOK_FORMAT, unsafe: [], programs: [],
- *   settings: null, stateDirLink: null, sysfsMissing: false, cacheBlocked: null };
+ *   settings: null, stateDirLink: null, sysfsMissing: false, cacheBlocked: null,
+ *   npmrc: null, missingModules: [] };
  * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
  *   severity: "fail", text: "not executable, so libvirt skips it",
  *   fix: "passthrough hook install",
@@ -1296,6 +1328,8 @@ export function hookFileProblems(
     | "stateDirLink"
     | "sysfsMissing"
     | "cacheBlocked"
+    | "npmrc"
+    | "missingModules"
   >,
   version: string,
   install: string,
@@ -1318,6 +1352,14 @@ export function hookFileProblems(
   }
   problems.push(...stateDirLinkProblem(inspection, install));
   problems.push(...cacheBlockedProblem(inspection));
+  problems.push(...npmrcProblem(inspection));
+  for (const module of inspection.missingModules) {
+    fail(
+      `its check's module ${module} is missing: VM starts are refused, with nothing checked`,
+      "build the bundle again (scripts/setup.sh in passthrough's clone, or the Ansible playbook " +
+        "again)",
+    );
+  }
   problems.push(...sysfsMissingProblem(inspection));
   for (const program of inspection.programs.filter((p) => !p.exists)) {
     fail(
@@ -1368,6 +1410,17 @@ function cacheBlockedProblem(
     text: `${what} ${cacheBlocked} is not a directory: the check cannot run (Deno keeps its ` +
       "cache there), so every VM start is refused",
     fix: `mv ${shellWord(cacheBlocked)} ${shellWord(`${cacheBlocked}.aside`)}`,
+  }];
+}
+
+/** A `.npmrc` in the hook's HOME, which may stop every start; `[]` when none. Moved aside. */
+function npmrcProblem({ npmrc }: Pick<HookInspection, "npmrc">): HookFileProblem[] {
+  if (npmrc === null) return [];
+  return [{
+    severity: "fail",
+    text: `${npmrc} is there, which passthrough never writes: Deno reads it before the check at ` +
+      "every start (the hook's HOME), and stops every start on one it cannot read or parse",
+    fix: `mv ${shellWord(npmrc)} ${shellWord(`${npmrc}.aside`)}`,
   }];
 }
 
@@ -1427,16 +1480,81 @@ export function sysfsTreePresent(sysfs: string, reader?: Pick<SysfsReader, "list
   }
 }
 
-/** The first of {@link cacheDirs} that is there and is not a directory, else `null`. */
+/**
+ * The first of {@link cacheDirs} that is there and is not a directory (the cache a link that
+ * loops too: Deno stops on it before the check runs), else `null`.
+ */
 function cacheBlocked(settings: HookSettings): string | null {
   for (const [dir] of cacheDirs(settings)) {
     try {
       if (!Deno.statSync(dir).isDirectory) return dir;
-    } catch {
+    } catch (error) {
+      // The state directory as a link is said apart (stateDirLink), with its own fix.
+      if (error instanceof Deno.errors.FilesystemLoop && dir !== settings.stateDir) return dir;
       // Missing (the check makes it), or not for this user to see: the check's run says.
     }
   }
   return null;
+}
+
+/** The largest number of a bundle's modules {@link missingModules} follows. */
+const MAX_BUNDLE_MODULES = 500;
+
+/** A bundled module's imports of modules beside it: `from"./x.js"`, `import(String("./x.js"))`. */
+const BUNDLE_IMPORT = /\b(?:from\s*|import\s*(?:\(\s*String\(\s*)?)"\.\/([\w.-]+\.js)"/g;
+
+/**
+ * The modules of a bundle the hook runs (an entry ending in `.js`: `hook/hook_check.js`,
+ * `main.js`) that its entry imports, at once or at a start, and that are gone: Deno stops before
+ * the check on one of the first, the check on one of the others, and every start is refused.
+ */
+function missingModules(settings: HookSettings): string[] {
+  const entries = hookCode(settings).files.filter((f) => f.endsWith(".js"));
+  const seen = new Set(entries);
+  const pending = [...entries];
+  const missing: string[] = [];
+  while (pending.length > 0 && seen.size <= MAX_BUNDLE_MODULES) {
+    const module = pending.pop()!;
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(module);
+    } catch (error) {
+      // An entry gone is a program the hook runs, said apart; one not for this user to read is
+      // the check's to say.
+      if (error instanceof Deno.errors.NotFound && !entries.includes(module)) {
+        missing.push(module);
+      }
+      continue;
+    }
+    for (const [, name] of text.matchAll(BUNDLE_IMPORT)) {
+      const path = join(dirname(module), name!);
+      if (seen.has(path)) continue;
+      seen.add(path);
+      pending.push(path);
+    }
+  }
+  return missing.sort();
+}
+
+/**
+ * A `.npmrc` in the hook's `HOME` (its Deno cache), which passthrough never writes and which Deno
+ * reads before the check at every start, stopping on one it cannot read or parse; else `null`.
+ */
+function strayNpmrc(settings: HookSettings): string | null {
+  const home = settings.env.HOME;
+  if (home === undefined || settings.command[1] !== "run") return null;
+  const path = join(home, ".npmrc");
+  try {
+    Deno.lstatSync(path);
+    return path;
+  } catch (error) {
+    // A home that loops is the cache's problem (cacheBlocked), said apart.
+    return error instanceof Deno.errors.NotFound ||
+        error instanceof Deno.errors.FilesystemLoop ||
+        error instanceof Deno.errors.NotADirectory
+      ? null
+      : path;
+  }
 }
 
 /** Where `path` leads when it is a symbolic link (`""` when nowhere), else `null`. */
@@ -1499,6 +1617,8 @@ export function inspectHook(
         stateDirLink: null,
         sysfsMissing: false,
         cacheBlocked: null,
+        npmrc: null,
+        missingModules: [],
       };
     }
     throw error;
@@ -1541,5 +1661,7 @@ export function inspectHook(
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
     sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs, reader),
     cacheBlocked: settings === null ? null : cacheBlocked(settings),
+    npmrc: settings === null ? null : strayNpmrc(settings),
+    missingModules: settings === null ? [] : missingModules(settings),
   };
 }

@@ -204,7 +204,10 @@ Deno.test("a check that throws stops the start in one line, with no stack trace"
     }).output();
     const stderr = new TextDecoder().decode(out.stderr);
     assertEquals([out.code, out.stdout.length], [1, 0], stderr);
-    assertMatch(stderr, /^passthrough guard: the check failed: Is a directory \(os error 21\)\n$/);
+    assertMatch(
+      stderr,
+      /^passthrough guard: refusing to start "vm": the check failed: Is a directory \(os error 21\)\n$/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -2121,6 +2121,132 @@ Deno.test("a hook whose state directory or Deno cache became a file refuses ever
   }
 });
 
+Deno.test("a hook whose Deno stops before the check runs refuses every start naming the VM, hook status says why, and its fix works", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-deno-stops-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    const hooks = `${dir}/qemu.d`;
+    const cache = `${dir}/state/deno`;
+    const start = () => runHook(hook, ["plain", "prepare", "begin", "-"], testDomainXml("plain"));
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      const report = JSON.parse(run.stdout);
+      return { code: run.code, problems: report.problems, fix: report.fix };
+    };
+    const cases: { name: string; make: () => void; problem: string; fix: string }[] = [{
+      // Deno reads $HOME/.npmrc (HOME is the hook's cache) before any code: one it cannot read.
+      name: "a .npmrc that is a directory",
+      make: () => Deno.mkdirSync(`${cache}/.npmrc`),
+      problem: `${cache}/.npmrc is there, which passthrough never writes: Deno reads it before ` +
+        "the check at every start (the hook's HOME), and stops every start on one it cannot " +
+        "read or parse",
+      fix: `mv ${cache}/.npmrc ${cache}/.npmrc.aside`,
+    }, {
+      name: "a .npmrc whose registry is no URL",
+      make: () => Deno.writeTextFileSync(`${cache}/.npmrc`, "registry=not-a-url\n"),
+      problem: `${cache}/.npmrc is there, which passthrough never writes: Deno reads it before ` +
+        "the check at every start (the hook's HOME), and stops every start on one it cannot " +
+        "read or parse",
+      fix: `mv ${cache}/.npmrc ${cache}/.npmrc.aside`,
+    }, {
+      name: "a Deno cache that is a link to itself",
+      make: () => {
+        Deno.removeSync(cache, { recursive: true });
+        Deno.symlinkSync("deno", cache);
+      },
+      problem: `its Deno cache ${cache} is not a directory: the check cannot run (Deno keeps its ` +
+        "cache there), so every VM start is refused",
+      fix: `mv ${cache} ${cache}.aside`,
+    }];
+    for (const { name, make, problem, fix } of cases) {
+      make();
+      const refused = await start();
+      assertEquals([refused.code, refused.stdout], [1, ""], name);
+      // Deno's own words first, then the line naming the VM and where to look.
+      assertMatch(refused.stderr, /^error: /, name);
+      assertOk(
+        refused.stderr.endsWith(
+          '\npassthrough guard: refusing to start "plain": the check could not run: Deno stopped ' +
+            `before it, as said above (failing closed); see "passthrough hook status --hooks-dir ` +
+            `${hooks}", which says why\n`,
+        ),
+        `${name}: ${refused.stderr}`,
+      );
+      assertEquals(await status(), { code: 1, problems: [problem], fix }, name);
+      const moved = await new Deno.Command("sh", { args: ["-c", fix] }).output();
+      assertEquals(moved.code, 0, name);
+      assertEquals(await start(), { code: 0, stdout: "", stderr: "" }, name);
+      assertEquals(await status(), { code: 0, problems: [], fix: null }, name);
+      Deno.removeSync(fix.split(" ").at(-1)!, { recursive: true });
+    }
+    // A check that ran and refused says so in its own lines: nothing is added to them.
+    const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals(refused.code, 1);
+    assertMatch(refused.stderr, /^passthrough guard: refusing to start "win11": /);
+    assertEquals(refused.stderr.includes("could not run"), false, refused.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a hook running a bundle with a module gone refuses every start naming the VM, and hook status names the module and setup.sh", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-chunk-" });
+  try {
+    const root = new URL("../../", import.meta.url).pathname;
+    const built = await new Deno.Command(`${root}scripts/bundle_bin.sh`, {
+      args: [`${dir}/bin`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    const installed = await runCli(installArgs(dir, tree.dir), { main: `${dir}/bin/main.js` });
+    assertEquals(installed.code, 0, installed.stderr);
+    const hook = `${dir}/qemu.d/${HOOK_FILE_NAME}`;
+    const hooks = `${dir}/qemu.d`;
+    const start = () => runHook(hook, ["plain", "prepare", "begin", "-"], testDomainXml("plain"));
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"], {
+        main: `${dir}/bin/main.js`,
+      });
+      const report = JSON.parse(run.stdout);
+      return { code: run.code, problems: report.problems, fix: report.fix };
+    };
+    assertEquals(await start(), { code: 0, stdout: "", stderr: "" });
+    assertEquals(await status(), { code: 0, problems: [], fix: null });
+    const modules = [...Deno.readDirSync(`${dir}/bin/hook`)].map((e) => e.name)
+      .filter((name) => name !== "hook_check.js" && name.endsWith(".js")).sort();
+    // A chunk the check imports (Deno stops before it) and the state code (loaded at a start).
+    assertEquals(modules.length, 2, modules.join(" "));
+    for (const module of modules) {
+      const path = `${dir}/bin/hook/${module}`;
+      Deno.renameSync(path, `${path}.aside`);
+      // A start the state code is loaded for: win11, whose card moved, is refused and recorded.
+      const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+      assertEquals([refused.code, refused.stdout], [1, ""], module);
+      // Deno's words then the hook's line, or the check's own line: each naming the VM.
+      assertMatch(
+        refused.stderr,
+        /(^|\n)passthrough guard: refusing to start "win11": the check (could not run|failed): /,
+        module,
+      );
+      assertEquals(await status(), {
+        code: 1,
+        problems: [
+          `its check's module ${path} is missing: VM starts are refused, with nothing checked`,
+        ],
+        fix: "build the bundle again (scripts/setup.sh in passthrough's clone, or the Ansible " +
+          "playbook again)",
+      }, module);
+      Deno.renameSync(`${path}.aside`, path);
+      assertEquals(await start(), { code: 0, stdout: "", stderr: "" });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a copy of the hook kept beside it in qemu.d, which libvirt runs too and which refuses the start guard allow lets through, is reported by hook install, status and remove", async () => {
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-copy-" });
