@@ -307,12 +307,16 @@ function othersCanChange(dir: string, uid: number, links = 0): string | null {
       // 40: the kernel's own limit (ELOOP).
       if (links >= 40) return prefix;
       let target: string;
+      let from: string;
       try {
         target = Deno.readLinkSync(prefix);
+        // A relative target is read from the directory the link is in, as the kernel reads it:
+        // `..` from the way the path is spelt (through a link above) is another directory.
+        from = Deno.realPathSync(dirname(prefix));
       } catch {
         return prefix;
       }
-      const resolved = isAbsolute(target) ? target : join(dirname(prefix), target);
+      const resolved = isAbsolute(target) ? target : join(from, target);
       const changeable = othersCanChange(resolved, uid, links + 1);
       if (changeable !== null) return changeable;
     } else if ((info.mode ?? 0) & 0o022 && !((info.mode ?? 0) & 0o1000)) {

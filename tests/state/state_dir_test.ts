@@ -137,6 +137,28 @@ Deno.test("openStateDir() leaves a 0755 state directory as it is where another u
   }
 });
 
+Deno.test("openStateDir() follows a relative link on the way from the directory the link is in, as the kernel does", () => {
+  const root = tempDir();
+  try {
+    // via -> private/inner, and in it up -> ../open: the kernel reads "../open" from
+    // private/inner, reaching private/open, which anyone may write. Read from the path as spelt
+    // (via/..), it was open, a private one, and the 0755 state directory was chmodded through a
+    // way another user could swap for a link.
+    Deno.mkdirSync(`${root}/private/inner`, { recursive: true, mode: 0o700 });
+    Deno.mkdirSync(`${root}/private/open`);
+    Deno.chmodSync(`${root}/private/open`, 0o777);
+    Deno.mkdirSync(`${root}/open`, { mode: 0o700 });
+    Deno.symlinkSync(`${root}/private/inner`, `${root}/via`);
+    Deno.symlinkSync("../open", `${root}/private/inner/up`);
+    Deno.mkdirSync(`${root}/private/open/state/guard`, { recursive: true, mode: 0o755 });
+    Deno.chmodSync(`${root}/private/open/state`, 0o755);
+    openStateDir(`${root}/via/up/state`);
+    assertEquals(mode(`${root}/private/open/state`), 0o755);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("openStateDir() refuses a state directory that is a symlink", () => {
   const root = tempDir();
   try {
