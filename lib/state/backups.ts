@@ -267,7 +267,7 @@ const STAMPED = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2}\.\d{3})Z-/;
  */
 function notBeforeNewest(dir: string, now: Date): Date {
   let newest = -Infinity;
-  for (const file of Deno.readDirSync(dir)) {
+  for (const file of listDir(dir)) {
     const m = STAMPED.exec(file.name);
     const time = m === null ? NaN : Date.parse(`${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z`);
     if (time > newest) newest = time;
@@ -425,7 +425,8 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
 /**
  * The entries of a directory under `backups/`, already found to be ours: one its owner cannot
  * list (a `chmod` by hand) is a {@link StateDirError} (`unreadable`) naming it and the `chmod`
- * that gives it back, which a listing of every VM reports next to the others.
+ * that gives it back, which a listing of every VM reports next to the others, and `apply` in the
+ * line of a VM whose backup it stops.
  */
 function listDir(dir: string): Deno.DirEntry[] {
   try {

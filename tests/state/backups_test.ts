@@ -1062,6 +1062,11 @@ async function inspectAsNobody(stateDir: string, vm?: string): Promise<string> {
       console.log(\`\${error.name}: \${error.message}\${cause}\`);
     }
   `;
+  return await evalAsNobody(stateDir, code);
+}
+
+/** Deno's `eval` of `code` as uid 65534, with a Deno cache next to `stateDir`: its stdout. */
+async function evalAsNobody(stateDir: string, code: string): Promise<string> {
   const out = await new Deno.Command("setpriv", {
     args: ["--reuid=65534", "--regid=65534", "--clear-groups", Deno.execPath(), "eval", code],
     env: { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir, NO_COLOR: "1" },
@@ -1103,6 +1108,28 @@ Deno.test({
       // The VM's own listing (rollback's choice of backup) fails with the same located sentence.
       assertMatch(
         await inspectAsNobody(state.path, "win10"),
+        new RegExp(
+          `^StateDirError: Cannot read "${state.backupsPath}/win10": Permission denied.*: ${fix}$`,
+        ),
+      );
+      // apply's backup of it (its newest backup's time read first) failed on the bare readdir.
+      const module = new URL("../../lib/state/backups.ts", import.meta.url).href;
+      const written = await evalAsNobody(
+        state.path,
+        `
+        import { writeBackup } from ${JSON.stringify(module)};
+        try {
+          writeBackup(${JSON.stringify(state.path)}, {
+            vm: "win10", uuid: ${JSON.stringify(UUID)}, xml: "<domain/>", reason: "apply", uri: "u",
+          });
+          console.log("written");
+        } catch (error) {
+          console.log(\`\${error.name}: \${error.message}\`);
+        }
+      `,
+      );
+      assertMatch(
+        written,
         new RegExp(
           `^StateDirError: Cannot read "${state.backupsPath}/win10": Permission denied.*: ${fix}$`,
         ),
