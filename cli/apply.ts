@@ -170,7 +170,10 @@ async function applyComputed(
       `passthrough apply: stopped by ${stop}: the report above says which VMs were ` +
         `changed; those marked interrupted were not applied\n`,
     );
-    const unknown = report.vms.some((vm) => vm.code === "define-unknown");
+    // A define whose reply was lost, or one made whose read-back was (its backup not restored).
+    const unknown = report.vms.some((vm) =>
+      vm.code === "define-unknown" || (vm.code === "verify-failed" && !vm.restored)
+    );
     const lost = connectionLostNote("apply", { signal: stop, uri: libvirt.uri, unknown });
     if (lost !== null) io.err(`${lost}\n`);
     return signals.status;

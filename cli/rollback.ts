@@ -254,7 +254,8 @@ export async function run(
   const stop = await signals.check(true);
   if (stop !== null) {
     io.err(`passthrough rollback: stopped by ${stop}: the report above says what was done\n`);
-    const unknown = report.status === "unknown";
+    // A define whose reply was lost, or one made whose read-back was.
+    const unknown = report.status === "unknown" || report.code === "verify-failed";
     const lost = connectionLostNote("rollback", { signal: stop, uri: libvirt.uri, unknown });
     if (lost !== null) io.err(`${lost}\n`);
     return signals.status;

@@ -85,7 +85,8 @@ export function keepIgnoredSignals(): void {
  * terminal signal the terminal's whole foreground process group, so the ssh (or `ext` program)
  * libvirt runs there to carry the connection gets them too and ends, closing it under a define,
  * whose outcome is then unknown; `kill PID` signals this process alone. Said when `unknown` (a
- * define's outcome is): a stop at a question, with nothing in flight, lost nothing.
+ * define's outcome is, or a define was made but its read-back failed): a stop at a question, with
+ * nothing in flight, lost nothing.
  */
 export function connectionLostNote(
   command: "apply" | "rollback",

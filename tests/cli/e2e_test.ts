@@ -8,7 +8,11 @@
 import { assert, assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { documentedFlags, hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
-import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.ts";
+import {
+  PROC_DOMAIN_DEFINE_XML_FLAGS,
+  PROC_DOMAIN_GET_XML_DESC,
+  startRpcHook,
+} from "../helpers/rpc_hook.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { listBackups } from "../../lib/state/backups.ts";
@@ -516,6 +520,52 @@ Deno.test({
         /passthrough rollback: the Ctrl-C also ended the program of the ext transport libvirt runs for "[^"]*", which closed the connection: .*; to stop rollback over ext and let it finish its define, send SIGTERM/,
       );
     }
+  },
+});
+
+Deno.test({
+  name:
+    "Ctrl-C during the read-back of a define over a tunnelled connection says the tunnel ended with it",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const pgFile = `${s.dir}/pgid`;
+    const ctrlC = ["sh", "-c", `kill -INT -"$(cat '${pgFile}')"`];
+    const run = async (command: string[]) => {
+      // The define's reply passes: the Ctrl-C comes while the definition is read back.
+      await using hook = await startRpcHook({
+        socket: `${s.daemon.dir}/libvirt-sock`,
+        dir: s.daemon.dir,
+        proc: PROC_DOMAIN_GET_XML_DESC,
+        after: PROC_DOMAIN_DEFINE_XML_FLAGS,
+        command: ctrlC,
+      });
+      const uri = await tunnelUri(s.dir, hook);
+      const args = [...command, "--connect", uri, "--allow-uri-programs", "--yes"];
+      await using pty = runCliOnPty(args, { shell: `echo $$ > '${pgFile}'` });
+      const out = await pty.exited(30_000);
+      assertMatch(await hook.ran, /^ran 0 /);
+      return out;
+    };
+    const apply = ["apply", ...s.args.slice(0, 4), "--vm", "win10", "--state-dir", s.stateDir];
+    const applied = await run(apply);
+    assertEquals(applied.code, 130, applied.screen);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    assertMatch(
+      applied.screen,
+      /FAILED win10: The new definition of "win10" was defined but could not be read back/,
+    );
+    // Only "stopped by SIGINT" followed: not why the connection closed, nor how to stop alone.
+    assertMatch(
+      applied.screen,
+      /passthrough apply: the Ctrl-C also ended the program of the ext transport libvirt runs for "[^"]*", which closed the connection: what failed above may have been defined even so/,
+    );
+    const rolled = await run(["rollback", "win10", "--state-dir", s.stateDir]);
+    assertEquals(rolled.code, 130, rolled.screen);
+    assertMatch(
+      rolled.screen,
+      /passthrough rollback: the Ctrl-C also ended the program of the ext transport libvirt runs for "[^"]*", which closed the connection: /,
+    );
   },
 });
 

@@ -18,6 +18,8 @@
 export const PROC_CONNECT_LIST_ALL_DOMAINS = 273;
 /** `REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS`: `virDomainDefineXMLFlags`. */
 export const PROC_DOMAIN_DEFINE_XML_FLAGS = 350;
+/** `REMOTE_PROC_DOMAIN_GET_XML_DESC`: `virDomainGetXMLDesc`. */
+export const PROC_DOMAIN_GET_XML_DESC = 14;
 const TYPE_REPLY = 1;
 
 /** A running proxy; `stop()` (or `await using`) ends it. */
@@ -31,10 +33,18 @@ export interface RpcHook extends AsyncDisposable {
 
 /**
  * Starts a proxy in front of the daemon listening on `socket` that runs `command` when the first
- * reply to procedure `proc` arrives, before passing the reply on.
+ * reply to procedure `proc` arrives (the first after a reply to `after`, when given: a define's
+ * read-back, not the reads before it), before passing the reply on.
  */
 export async function startRpcHook(
-  options: { socket: string; dir: string; proc: number; command: string[]; cut?: boolean },
+  options: {
+    socket: string;
+    dir: string;
+    proc: number;
+    after?: number;
+    command: string[];
+    cut?: boolean;
+  },
 ): Promise<RpcHook> {
   const listen = `${options.dir}/hook-${crypto.randomUUID().slice(0, 8)}.sock`;
   const child = new Deno.Command(Deno.execPath(), {
@@ -47,6 +57,7 @@ export async function startRpcHook(
       String(options.proc),
       JSON.stringify(options.command),
       options.cut === true ? "cut" : "pass",
+      String(options.after ?? -1),
     ],
     stdin: "null",
     stdout: "piped",
@@ -89,8 +100,11 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
   return out;
 }
 
-/** The proxy's state across connections: the command runs once. */
-const once = { fired: false };
+/**
+ * The proxy's state across connections: the command runs once, once a reply to `after` (a
+ * procedure number; -1: none) passed.
+ */
+const once = { fired: false, armed: false };
 
 /**
  * Passes the daemon's messages to the client, running the command before the first `proc` reply;
@@ -101,6 +115,7 @@ async function relay(
   proc: number,
   command: string[],
   cut: boolean,
+  after: number,
 ): Promise<void> {
   const daemon = await Deno.connect({ transport: "unix", path: Deno.args[1]! });
   client.readable.pipeTo(daemon.writable).catch(() => {});
@@ -113,7 +128,9 @@ async function relay(
       const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
       const length = view.getUint32(0);
       if (buffer.length < length) break;
-      if (!once.fired && view.getUint32(12) === proc && view.getUint32(16) === TYPE_REPLY) {
+      const reply = view.getUint32(16) === TYPE_REPLY;
+      if (after === -1 || (reply && view.getUint32(12) === after)) once.armed = true;
+      if (!once.fired && once.armed && view.getUint32(12) === proc && reply) {
         once.fired = true;
         const out = new Deno.Command(command[0]!, {
           args: command.slice(1),
@@ -135,11 +152,11 @@ async function relay(
 }
 
 if (import.meta.main) {
-  const [listen, , proc, command, mode] = Deno.args;
+  const [listen, , proc, command, mode, after] = Deno.args;
   const listener = Deno.listen({ transport: "unix", path: listen! });
   console.log("ready");
   for await (const client of listener) {
-    relay(client, Number(proc), JSON.parse(command!), mode === "cut").catch(() => {
+    relay(client, Number(proc), JSON.parse(command!), mode === "cut", Number(after)).catch(() => {
       // A client killed mid-call (SIGKILL) has its connection closed already.
       try {
         client.close();
