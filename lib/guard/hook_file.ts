@@ -254,8 +254,10 @@ function cacheDirs(settings: HookSettings): [string, string][] {
   // Only `deno run` is known to stop there: a compiled binary (`hook run`) runs the check itself,
   // whose own lines say what it cannot read or record.
   if (denoDir === undefined || settings.command[1] !== "run") return [];
+  // As the cache was joined under it: an absolute --state-dir is kept as written ("/srv/pt/"), so
+  // the hook would name no file there, and the fix would move it into itself ("/srv/pt/.aside").
   const dirs: [string, string][] = [
-    [settings.stateDir, "its state directory"],
+    [resolve(settings.stateDir), "its state directory"],
     [denoDir, "its Deno cache"],
   ];
   return dirs.filter(([dir]) => dir === denoDir || denoDir.startsWith(`${dir}/`));

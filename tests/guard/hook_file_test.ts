@@ -9,6 +9,7 @@ import {
   findTimeout,
   guardStateDirFor,
   HOOK_FILE_NAME,
+  hookFileProblems,
   type HookSettings,
   inspectHook,
   installHook,
@@ -167,6 +168,43 @@ Deno.test({
         assertEquals(run.stderr.slice(0, stderr.length), stderr, command.join(" "));
         assertEquals(run.stderr === "", stderr === "", run.stderr);
       }
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "the hook and hookFileProblems() name a file standing at a state directory written with a " +
+    "trailing slash, whose Deno cache is under it",
+  ignore: TIMEOUT === null,
+  async fn() {
+    await withDir(async (dir) => {
+      const check = standIn(dir, 1);
+      const state = `${dir}/state`;
+      Deno.writeTextFileSync(state, "not a directory\n");
+      // hook install keeps an absolute --state-dir as written (a shell's completion ends it with
+      // "/"), and DENO_DIR joined under it: the cache's parent is that directory all the same.
+      const hookSettings = {
+        ...settings([check, "run", "hook_check.ts"]),
+        env: { DENO_DIR: `${state}/deno`, HOME: `${state}/deno` },
+        stateDir: `${state}/`,
+      };
+      const { path } = installHook(dir, renderHookScript(hookSettings));
+      const run = await runScript(path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([run.code, run.stdout], [1, ""]);
+      assertMatch(
+        run.stderr,
+        /^passthrough guard: refusing to start "vm": its state directory .* is not a directory/,
+      );
+      assertOk(run.stderr.includes(` its state directory ${state} is not`), run.stderr);
+      const inspection = inspectHook(dir);
+      assertEquals(inspection.cacheBlocked, state);
+      const problems = hookFileProblems(inspection, "0.1.0", "passthrough hook install");
+      // Moved aside beside it, not into itself (".../state/.aside").
+      assertEquals(
+        problems.find((p) => p.text.includes("is not a directory"))?.fix,
+        `mv ${shellQuote(state)} ${shellQuote(`${state}.aside`)}`,
+      );
     });
   },
 });
