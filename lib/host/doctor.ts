@@ -1149,13 +1149,20 @@ function checkHook(facts: HookDoctorFacts | Error, libvirtVersion: string | null
       hint: `${install} (it removes them)`,
     };
   }
-  if (inspection.others.length > 0) {
-    // Never removed by passthrough (it did not write them there): each by hand.
+  // Never removed by passthrough (it did not write them there): each by hand.
+  const others: HookNote[] = inspection.others.map((path) => ({
+    status: "fail",
+    note: otherHookProblem(path),
+    hint: `rm ${shellWord(path)}`,
+  }));
+  // Alone only where the hook has no settings to judge (absent, another's, unreadable): beside a
+  // hook, with what else is wrong with it, which a copy's rm would otherwise hide.
+  if (others.length > 0 && inspection.settings === null) {
     return {
       check: "hook",
       status: "fail",
-      summary: inspection.others.map(otherHookProblem).join("; "),
-      hint: inspection.others.map((path) => `rm ${shellWord(path)}`).join("; "),
+      summary: others.map((n) => n.note).join("; "),
+      hint: others.map((n) => n.hint).join("; "),
     };
   }
   if (!inspection.present) {
@@ -1187,6 +1194,7 @@ function checkHook(facts: HookDoctorFacts | Error, libvirtVersion: string | null
   const notes = [
     ...hookFileNotes(facts, install),
     ...loaderNotes(facts, libvirtVersion),
+    ...others,
   ];
   const status = notes.reduce<DoctorStatus>(
     (worst, n) => SEVERITY[n.status] > SEVERITY[worst] ? n.status : worst,

@@ -585,6 +585,22 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     /\/50-passthrough-guard\.bak is another passthrough hook or a link to one, which libvirt also runs at every start: /,
   );
   assertMatch(copy.hint!, /^rm \/\S+\/50-passthrough-guard\.bak$/);
+  // Said with what else is wrong with the hook itself, not in its place: a copy's rm must not
+  // hide that another user could change what the hook runs as root.
+  const both = await hookFinding({}, {
+    change: (dir) => {
+      const path = `${dir}/50-passthrough-guard`;
+      Deno.writeTextFileSync(`${path}.bak`, Deno.readTextFileSync(path), { mode: 0o755 });
+      Deno.chmodSync(dir, 0o777);
+    },
+  });
+  assertEquals(both.status, "fail");
+  assertMatch(both.summary, /another user could change what it runs as root: .* \(mode 0777\)/);
+  assertMatch(both.summary, /50-passthrough-guard\.bak is another passthrough hook/);
+  assertMatch(
+    both.hint!,
+    /^chmod o-w (\/\S+), then passthrough hook install .*; rm \1\/50-passthrough-guard\.bak$/,
+  );
   // A user's own hook under our name: the hint keeps it (hook install refuses to replace it).
   const foreign = await hookFinding({}, {
     change: (dir) => Deno.writeTextFileSync(`${dir}/50-passthrough-guard`, "#!/bin/sh\nexit 0\n"),
