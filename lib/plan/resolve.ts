@@ -141,10 +141,11 @@ function matchVm(
   const current = options.current?.get(vm.name);
   const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
   const vfs = new Map<PciAddress, VfChoice>();
+  const everyVm = [...options.records?.values() ?? []].flat();
   const rules = vm.rules.map((rule) => {
     if (rule.vf === undefined) {
       const resolution = addressAloneReplaced(resolveRule(rule, host, match), records);
-      return twinAtAddress(resolution, records, host);
+      return twinAtAddress(resolution, host, { records, everyVm });
     }
     const { resolution, choice } = resolveVfRule(rule, host, vfContext, match);
     if (choice !== null) vfs.set(choice.vf.address, choice);
@@ -264,7 +265,8 @@ function addressAloneReplaced(
  * A rule that names its device by address but by no serial or slot (`{ vendor_device_id, address
  * }`, for twins nothing else told apart) takes whatever card of that model sits there. Where the
  * VM recorded another card at that address, one that tells itself apart (its serial, its slot)
- * and is proven elsewhere on the host ({@link findMovedCard}), a card added or removed before it
+ * and is proven elsewhere on the host ({@link findMovedCard}) where no VM recorded the card that
+ * sits there now (`everyVm`: every VM's records), a card added or removed before it
  * renumbered the buses: the card there now was another twin of the host's, maybe its disk.
  * Refused (`drift`), and the repair removes the stale hostdev. Where the recorded card is on the
  * host no more, its serial differing is refused too, unless the card there now sits in the slot
@@ -273,8 +275,11 @@ function addressAloneReplaced(
  */
 function twinAtAddress(
   resolution: RuleResolution,
-  records: readonly DeviceIdentity[],
   host: HostTopology,
+  { records, everyVm }: {
+    records: readonly DeviceIdentity[];
+    everyVm: readonly DeviceIdentity[];
+  },
 ): RuleResolution {
   const { rule } = resolution;
   const address = rule.match.address;
@@ -290,9 +295,12 @@ function twinAtAddress(
   const unread = matched.serial === null && matched.flr === null;
   const device = record.serial === null || unread ? { ...matched, serial: record.serial } : matched;
   if (sameIdentityAsRead(record, device)) return resolution;
-  // A twin the VM holds at its own recorded address is accounted for: not where this card went.
+  // A twin a VM holds at its own recorded address, this one or another, is accounted for: not
+  // where this card went. Otherwise a card replaced in place by another board of its chip was
+  // said to have moved onto the other VM's twin, "the only such device", and that address given
+  // as the fix.
   const accounted = (d: PciDevice) =>
-    records.some((r) => r.address === d.address && sameIdentityAsRead(r, d));
+    everyVm.some((r) => r.address === d.address && sameIdentityAsRead(r, d));
   const elsewhere = host.devices.filter((d) => d.address !== address && !accounted(d));
   const found = findMovedCard(record, address, elsewhere.map((d) => ({ device: d })), host);
   if (found === undefined && !goneAndNotInItsSlot(record, device)) return resolution;

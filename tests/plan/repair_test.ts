@@ -1141,3 +1141,34 @@ Deno.test("a rule of IDs and address whose recorded card a new card shifted out 
     );
   });
 });
+
+Deno.test("a rule of IDs and address whose card was replaced in place by another board of its chip is warned about, not refused as moved onto another VM's twin", async () => {
+  // No serials: the two drives are told apart by their subsystem alone, once one is replaced.
+  const twin = (bdf: string, subsystem = "0xa801") => ({
+    ...nvmeTwin(bdf, null),
+    subsystem_device: subsystem,
+  });
+  const both = config(
+    '  win10:\n    devices:\n      - name: a\n        match: { vendor_device_id: "144d:a80a", address: "0a:00.0" }\n' +
+      '  linux:\n    devices:\n      - name: b\n        match: { vendor_device_id: "144d:a80a", address: "0b:00.0" }\n',
+  );
+  const before = await treeHost([...baseDevices(), twin("0000:0a:00.0"), twin("0000:0b:00.0")]);
+  // win10's drive replaced in its place by one of another subsystem; linux keeps its own.
+  const after = await treeHost([
+    ...baseDevices(),
+    twin("0000:0a:00.0", "0xa802"),
+    twin("0000:0b:00.0"),
+  ]);
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const applied = planHostdevs({ config: both, host: before, libvirt });
+    for (const name of ["win10", "linux"]) libvirt.define(vmOf(applied, name).desiredXml);
+    const vm = vmOf(planHostdevs({ config: both, host: after, libvirt }), "win10");
+    // linux's drive sits at the address recorded for it: no card of win10's went there.
+    assertEquals(vm.errors, []);
+    assertEquals(vm.hostdevs, ["0000:0a:00.0"]);
+    assertMatch(
+      vm.warnings.find((w) => w.code === "drift")?.message ?? "",
+      /subsystem 144d:a802, class 010802\): rule "a" matches the new device, so it stays and its record is updated$/,
+    );
+  });
+});
