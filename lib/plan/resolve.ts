@@ -141,14 +141,24 @@ function matchVm(
   const current = options.current?.get(vm.name);
   const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
   const vfs = new Map<PciAddress, VfChoice>();
-  const everyVm = [...options.records?.values() ?? []].flat();
+  const pfRecords = (options.vfRecords?.get(vm.name) ?? []).map((r) => r.pf);
+  const everyVm = [
+    ...[...options.records?.values() ?? []].flat(),
+    ...[...options.vfRecords?.values() ?? []].flat().map((r) => r.pf),
+  ];
   const rules = vm.rules.map((rule) => {
     if (rule.vf === undefined) {
       const resolution = addressAloneReplaced(resolveRule(rule, host, match), records);
       return twinAtAddress(resolution, host, { records, everyVm });
     }
     const { resolution, choice } = resolveVfRule(rule, host, vfContext, match);
-    if (choice !== null) vfs.set(choice.vf.address, choice);
+    if (choice === null) return resolution;
+    // The PF a `vf:` rule names by IDs and address is judged as a hostdev's card is: a twin
+    // shifted onto its address puts the VM's interface on another NIC, maybe on another network.
+    const named = { rule, devices: [choice.pf], units: [], issue: null };
+    const pf = twinAtAddress(named, host, { records: pfRecords, everyVm });
+    if (pf.issue !== null) return pf;
+    vfs.set(choice.vf.address, choice);
     return resolution;
   });
   return { rules, vfs };
@@ -271,7 +281,8 @@ function addressAloneReplaced(
  * Refused (`drift`), and the repair removes the stale hostdev. Where the recorded card is on the
  * host no more, its serial differing is refused too, unless the card there now sits in the slot
  * the recorded one sat in (see {@link goneAndNotInItsSlot}); otherwise the edit warns of the
- * drift and keeps the rule's device.
+ * drift and keeps the rule's device. A `vf:` rule's PF is judged so too (`records`: its VF
+ * records' PFs).
  */
 function twinAtAddress(
   resolution: RuleResolution,

@@ -277,11 +277,12 @@ Deno.test("vf: only a PF that left its address for another with its identity is 
 });
 
 Deno.test("vf: a PF replaced at its address by another card of its model is drift, as a hostdev's card is", () => {
+  // By its IDs alone: a rule naming the address too is refused instead (the test below).
   const byAddress = (vf: string) =>
     config(`  a:
     devices:
       - name: uplink
-        match: { vendor_device_id: "8086:10c9", address: "07:00.0" }
+        match: { vendor_device_id: "8086:10c9" }
         vf: ${vf}
 `);
   // Another NIC of the model in the slot: its own serial, VFs at the same addresses.
@@ -308,6 +309,66 @@ Deno.test("vf: a PF replaced at its address by another card of its model is drif
   assertEquals(removed.length, 1, removed.join("\n"));
   assertMatch(removed[0]!.replace("07:10.0", "07:10.2").replace("VF 0", "VF 1"), recorded);
   assertMatch(removed[0]!, /: it is removed$/);
+  // Named by its address too, the card there may have been elsewhere: refused, as a hostdev's is.
+  const pinned = config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", address: "07:00.0" }
+        vf: 1
+`);
+  const pinnedFirst = plan(pinned, sriovHost("07"), { a: A });
+  const refused = vmOf(plan(pinned, other, applied(pinnedFirst)), "a");
+  assertMatch(
+    refused.errors.find((e) => e.location !== undefined)?.message ?? "",
+    /, which is on the host no more: .*add serial: "00-1b-21-ff-ff-00-00-01" to the rule; to keep the VM's card, put it back$/,
+  );
+});
+
+Deno.test("vf: a rule of IDs and address whose recorded PF a new NIC shifted one bus on is refused, as a hostdev's is, and either fix follows the PF", () => {
+  const uplink = (match: string) =>
+    config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", ${match} }
+        vf: 1
+`);
+  const serial = (last: string) => `00-1b-21-ff-ff-00-00-${last}`;
+  // Two NICs of one model, each in IOMMU groups of its own.
+  const nic = (bus: string, last: string, groups: number) =>
+    sriovNic(bus, 2, { serial: serial(last) }).map((d) => ({ ...d, group: d.group! + groups }));
+  const host = (...nics: HostDeviceDescription[][]) =>
+    topologyFromDescription({ devices: nics.flat() }, { source: "sriov-test" });
+  const byAddress = uplink('address: "08:00.0"');
+  const first = plan(byAddress, host(nic("07", "0a", 0), nic("08", "0b", 100)), { a: A });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:08:10.2"]);
+  // NIC C added before them: A moved to 08:00.0, the VM's NIC B to 09:00.0.
+  const after = host(nic("07", "0c", 0), nic("08", "0a", 100), nic("09", "0b", 200));
+  const a = vmOf(plan(byAddress, after, applied(first)), "a");
+  const own = a.errors.find((e) => e.rule === "uplink" && e.location !== undefined);
+  assertEquals(own?.code, "drift");
+  assertEquals(own?.devices, ["0000:08:00.0", "0000:09:00.0"]);
+  assertMatch(
+    own!.message,
+    new RegExp(
+      `not the recorded one \\(serial ${
+        serial("0b")
+      }\\), which is now at 0000:09:00\\.0 \\(same IDs and serial\\): a card added or removed before it renumbered the buses: to keep the VM's card, set address: "0000:09:00\\.0", or serial: "${
+        serial("0b")
+      }" in its place \\(which follows it wherever it sits\\); to take the one at 0000:08:00\\.0 instead, add serial: "${
+        serial("0a")
+      }"$`,
+    ),
+  );
+  // No word of NIC A's VF as the interface: the repair removes it until the rule is fixed.
+  assertEquals(a.warnings.filter((w) => w.code === "drift"), []);
+  assertEquals(a.repair?.remove, ["0000:08:10.2"]);
+  // Either fix the refusal names follows NIC B, with the interface's MAC.
+  const mac = vmOf(first, "a").add[0]!.vf?.mac;
+  for (const key of ['address: "0000:09:00.0"', `serial: "${serial("0b")}"`]) {
+    const fixed = vmOf(plan(uplink(key), after, applied(first)), "a");
+    assertEquals(fixed.errors, [], key);
+    assertEquals(fixed.add.map((x) => [x.address, x.vf?.mac]), [["0000:09:10.2", mac]], key);
+  }
 });
 
 Deno.test("vf: any switched to the other port of a dual-port card takes a free VF, not the record's", () => {
