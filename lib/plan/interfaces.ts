@@ -162,6 +162,17 @@ export function interfaceDriftWarning(
 }
 
 /**
+ * The card at a recorded PF's address, and the recorded one, as all that tells them apart says
+ * them (subsystem, serial, the slot where one was recorded): IDs and class alone read alike.
+ */
+function anotherCard(record: DeviceIdentity, pf: PciDevice): string {
+  const slot = record.slot === undefined ? {} : { slot: pf.physicalSlot };
+  return `${describeIdentity({ ...pf, driver: null, ...slot })}, not the recorded ${
+    describeIdentity({ ...record, driver: null })
+  }`;
+}
+
+/**
  * The owned interfaces of a refused VM whose address is no longer the recorded VF: nothing is
  * there, it is no VF, its PF is at another address (a VF's address follows from its PF's) or is
  * another card, or it is another index of the PF. Each is a `drift` refusal; the VM's repair
@@ -185,7 +196,7 @@ export function staleInterfaces(
       : pf.address !== record.pf.address
       ? `it is a VF of ${pf.address} now`
       : !sameIdentityAsRead(record.pf, pf)
-      ? `it is a VF of ${pf.address}, which holds ${describe(pf)}`
+      ? `it is a VF of ${pf.address}, which holds ${anotherCard(record.pf, pf)}`
       : virtualFunctions(pf).indexOf(nic.address) !== record.index
       ? `it is VF ${virtualFunctions(pf).indexOf(nic.address)} of ${pf.address} now`
       : null;
