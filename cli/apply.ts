@@ -21,6 +21,7 @@ import {
   acquireConnectionLock,
   describeHolder,
   lockScopeNote,
+  lockUri,
   type StateLock,
 } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
@@ -333,8 +334,13 @@ interface GuardRecording {
   limited: boolean;
   /** Where this host's hook reads them ({@link guardStateDirFor}); `null` for none. */
   target: ReturnType<typeof guardStateDirFor>;
-  /** The policies recorded before this apply (`null`: none, or unreadable), read first. */
+  /**
+   * The policies recorded before this apply over its connection (`null`: none, unreadable, or
+   * recorded over another: a rehearsal's judged none of these VMs' starts), read first.
+   */
   previous: GuardPolicyFile | null;
+  /** The file there before this apply, whichever connection recorded it. */
+  found: GuardPolicyFile | null;
   /** Whether a record while the apply ran changed the file. */
   touched: boolean;
   /** What the hook reads as far as this apply knows: `previous`, then each file it recorded. */
@@ -356,9 +362,11 @@ function guardRecording(
 ): GuardRecording {
   // The hook of that machine reads that machine's state directory: computePlan said so.
   const target = isRemoteUri(libvirt.uri) ? null : guardStateDirFor(libvirt.uri, flag, env);
-  const previous = target === null || target.unreadable !== null
+  const found = target === null || target.unreadable !== null
     ? null
     : readPolicyFile(target.stateDir).file;
+  // One recorded over another connection (a rehearsal's) judged none of these VMs' starts.
+  const previous = found?.uri === undefined || found.uri === lockUri(libvirt.uri) ? found : null;
   return {
     config,
     plan,
@@ -366,6 +374,7 @@ function guardRecording(
     limited,
     target,
     previous,
+    found,
     touched: false,
     recorded: previous,
     rulesRead: new Map(),
@@ -406,10 +415,11 @@ function recordWhileApplying(
   recording: GuardRecording,
   done: readonly VmApplyResult[],
 ): ReadonlyMap<string, string> {
-  const { target, config, previous } = recording;
+  const { target, config, previous, found } = recording;
   if (target === null || target.unreadable !== null) return new Map();
-  // Nothing recorded before nor now: every VM enforces throughout, and libvirt is not read.
-  if (previous === null && Object.keys(guardPolicies(config).vms).length === 0) return new Map();
+  // Nothing recorded before nor now: every VM enforces throughout, and libvirt is not read. One
+  // recorded over another connection is replaced from the first record on, as it ends.
+  if (found === null && Object.keys(guardPolicies(config).vms).length === 0) return new Map();
   let file: GuardPolicyFile | null = null;
   try {
     const sources = {
@@ -417,7 +427,12 @@ function recordWhileApplying(
       recorded: () => recordedRulesSoFar(recording, done),
     };
     file = stricterWhileApplying(
-      policiesToRecord(guardPolicies(config), { config, previous, ...sources }),
+      policiesToRecord(guardPolicies(config), {
+        config,
+        previous,
+        uri: recording.libvirt.uri,
+        ...sources,
+      }),
       { previous, settled: sources.settled },
     );
     if (recordPolicies(target.stateDir, file) !== "unchanged") recording.touched = true;
@@ -484,7 +499,7 @@ function recordGuardPolicies(
     ? `${stateDir} (the installed hook's state directory, not --state-dir)`
     : stateDir;
   try {
-    const file = policiesToRecord(policies, { config, previous, ...sources });
+    const file = policiesToRecord(policies, { config, previous, uri, ...sources });
     const outcome = sinceBefore(recordPolicies(stateDir, file), { recording, file });
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);
@@ -507,14 +522,16 @@ function recordGuardPolicies(
  */
 function policiesToRecord(
   policies: GuardPolicyFile,
-  { config, previous, settled, applied, domains, recorded, keeps }: PolicySources & {
+  { config, previous, uri, settled, applied, domains, recorded, keeps }: PolicySources & {
     config: Config;
     /** The file from before the apply; what could not be read keeps nothing (it enforced). */
     previous: GuardPolicyFile | null;
+    /** The connection the apply is over: the hook takes only the system daemon's. */
+    uri: string;
   },
 ): GuardPolicyFile {
   const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
-  return bindDomains(
+  const { vms } = bindDomains(
     bindRecords(
       keepStricterRulePolicies(policies, {
         config,
@@ -527,6 +544,7 @@ function policiesToRecord(
     ),
     { previous, ...domains() },
   );
+  return { version: policies.version, config: policies.config, uri: lockUri(uri), vms };
 }
 
 /**
@@ -535,11 +553,11 @@ function policiesToRecord(
  */
 function sinceBefore(
   outcome: PolicyRecordOutcome,
-  { recording: { previous, touched }, file }: { recording: GuardRecording; file: GuardPolicyFile },
+  { recording: { found, touched }, file }: { recording: GuardRecording; file: GuardPolicyFile },
 ): PolicyRecordOutcome {
   if (outcome !== "unchanged" || !touched) return outcome;
   const empty = Object.keys(file.vms).length === 0;
-  const same = previous === null ? empty : JSON.stringify(previous) === JSON.stringify(file);
+  const same = found === null ? empty : JSON.stringify(found) === JSON.stringify(file);
   return same ? "unchanged" : empty ? "removed" : "written";
 }
 

@@ -16,8 +16,14 @@ import { checkStart } from "./hook_check.ts";
 import { ensurePrivateDir, openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { dirname, join, resolve } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
-import { describePolicies } from "../lib/guard/policy.ts";
 import { shellWord } from "../lib/render/shell.ts";
+import { GUARD_URI, guardPath, POLICY_FILE } from "../lib/guard/layout.ts";
+import {
+  describePolicies,
+  type GuardPolicyFile,
+  policiesForConnection,
+  type PolicyFileReading,
+} from "../lib/guard/policy.ts";
 import {
   checkCommand,
   type CheckoutReader,
@@ -129,7 +135,7 @@ function reloadMessages(hooksDir: string, stateDir: string): string[] {
  * unseen. Marked when the hook this install replaces read another directory.
  */
 function policyMessages(stateDir: string, previous: string | null): string[] {
-  const { file, problem } = readPolicyFile(stateDir);
+  const { file, problem } = hookPolicies(stateDir);
   if (problem !== null) return [`Its guard policies: ${problem}`];
   if (file === null || Object.keys(file.vms).length === 0) {
     return ["Its guard policies: every VM enforces (none recorded)"];
@@ -142,6 +148,29 @@ function policyMessages(stateDir: string, previous: string | null): string[] {
       describePolicies(file).join("; ")
     }${moved} (passthrough apply records the config's current ones)`,
   ];
+}
+
+/**
+ * The policies the hook reading `stateDir` obeys: those recorded there over the system daemon
+ * (or in a file from before that was said); one a rehearsal recorded over another connection
+ * counts for none, and its problem says so.
+ */
+function hookPolicies(stateDir: string): PolicyFileReading {
+  const reading = readPolicyFile(stateDir);
+  return reading.file === null ? reading : policiesForConnection(reading.file, {
+    path: guardPath(stateDir, POLICY_FILE),
+    connection: GUARD_URI,
+  });
+}
+
+/**
+ * What `file` does not say of itself: the connection it was recorded over, in files from before
+ * that was recorded (the hook obeys them as written, whichever apply wrote them).
+ */
+function unsaidConnection(file: GuardPolicyFile): string {
+  return file.uri === undefined
+    ? `; recorded before passthrough noted the connection of the apply: if that was not ${GUARD_URI} (a test world, a session), run passthrough apply -c ${GUARD_URI}`
+    : "";
 }
 
 /** `passthrough hook install`: writes the hook, says what it runs and obeys, reloads the daemon. */
@@ -362,7 +391,7 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
     }
   }
   const { problems, fix } = hookProblems(inspection, expected);
-  const policies = s === null ? null : readPolicyFile(s.stateDir);
+  const policies = s === null ? null : hookPolicies(s.stateDir);
   if (values.json) {
     const policy = policies === null
       ? {}
@@ -386,7 +415,9 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
       `  policies: ${
         policies?.problem ??
           (policies?.file
-            ? `${describePolicies(policies.file).join("; ")} (from ${policies.file.config})`
+            ? `${describePolicies(policies.file).join("; ")} (from ${policies.file.config}${
+              unsaidConnection(policies.file)
+            })`
             : "every VM enforces (no guard: in the config at the last apply)")
       }`,
       `  guards: ${GUARD_SCOPE}`,

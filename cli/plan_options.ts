@@ -39,6 +39,7 @@ import {
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir, guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { guardPath, POLICY_FILE } from "../lib/guard/layout.ts";
+import { lockUri } from "../lib/state/lock.ts";
 import type { GuardPolicyFile } from "../lib/guard/policy.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
@@ -311,7 +312,9 @@ export async function computePlan(
     const guardDir = isRemoteUri(libvirt.uri)
       ? remoteGuardNote(libvirt.uri, options.command, io)
       : guardStateDirFor(libvirt.uri, inputs["state-dir"], io.env)?.stateDir ?? null;
-    const guardPolicies = guardDir === null ? null : await recordedPolicies(guardDir);
+    const guardPolicies = guardDir === null
+      ? null
+      : await recordedPolicies(guardDir, lockUri(libvirt.uri));
     const plan = planHostdevs({
       config,
       host,
@@ -364,10 +367,13 @@ function remoteGuardNote(uri: string, command: "plan" | "apply", io: CliIo): nul
 
 /**
  * The start guard's policies as the last apply recorded them in `stateDir` (the hook's), which it
- * judges a VM dropped from the config by; `null` when none are recorded or they cannot be read
- * (the guard then enforces).
+ * judges a VM dropped from the config by; `null` when none are recorded, they cannot be read, or
+ * an apply over another connection than `connection` recorded them (the guard then enforces).
  */
-async function recordedPolicies(stateDir: string): Promise<GuardPolicyFile | null> {
+async function recordedPolicies(
+  stateDir: string,
+  connection: string,
+): Promise<GuardPolicyFile | null> {
   // The guard's state module only when there is a file: `plan` loads no more than it reads.
   try {
     if (!Deno.statSync(guardPath(stateDir, POLICY_FILE)).isFile) return null;
@@ -375,7 +381,12 @@ async function recordedPolicies(stateDir: string): Promise<GuardPolicyFile | nul
     return null;
   }
   const { readPolicyFile } = await import("../lib/guard/state.ts");
-  return readPolicyFile(stateDir).file;
+  const { policiesForConnection } = await import("../lib/guard/policy.ts");
+  const { file } = readPolicyFile(stateDir);
+  // Recorded over another connection (a rehearsal's), they judge none of these VMs' starts.
+  return file === null
+    ? null
+    : policiesForConnection(file, { path: guardPath(stateDir, POLICY_FILE), connection }).file;
 }
 
 /**

@@ -14,7 +14,12 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import { acquireConnectionLock, describeHolder, lockScopeNote } from "../lib/state/lock.ts";
+import {
+  acquireConnectionLock,
+  describeHolder,
+  lockScopeNote,
+  lockUri,
+} from "../lib/state/lock.ts";
 import {
   type RollbackPreview,
   type RollbackReport,
@@ -107,13 +112,14 @@ interface StartVerdict {
 
 /**
  * What the guard would say of `xml` on this host ({@link startVerdict}), by the policies in
- * `guardDir` (`null`: none, every VM enforces). Checked once per definition, unless `fresh` asks
- * again.
+ * `guardDir` (`null`: none, every VM enforces) recorded over `connection` (this run's, as `lockUri`
+ * names it). Checked once per definition, unless `fresh` asks again.
  */
 function startCheck(
   vm: string,
   run: RunFlags,
   guardDir: string | null,
+  connection: string,
 ): (xml: string, fresh?: boolean) => StartVerdict {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
@@ -124,7 +130,7 @@ function startCheck(
       // Those of the domain the backup defines: another of its name never lends its own.
       const { policy } = guardDir === null
         ? { policy: ENFORCE }
-        : readVmPolicy(guardDir, vm, readRecordsLeniently(xml).uuid);
+        : readVmPolicy(guardDir, vm, readRecordsLeniently(xml).uuid, { connection });
       const checked = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
       seen.set(xml, startVerdict(checked, { vm, policy, plan }));
     }
@@ -222,7 +228,7 @@ export async function run(
   using signals = deferSignals();
   // The policies the installed hook reads for these VMs' starts, not --state-dir's (the backups').
   const guardDir = guardStateDirFor(libvirt.uri, values["state-dir"], io.env)?.stateDir ?? null;
-  const check = startCheck(vm, runFlags(values), guardDir);
+  const check = startCheck(vm, runFlags(values), guardDir, lockUri(libvirt.uri));
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,

@@ -35,6 +35,7 @@ export {
   type GuardPolicyFile,
   hostNeedsAllowed,
   parsePolicyFile,
+  policiesForConnection,
   type PolicyFileReading,
   policyFor,
   type VmGuardPolicy,

@@ -65,6 +65,14 @@ export interface GuardPolicyFile {
   version: 1;
   /** The config the policies were read from (for messages). */
   config: string;
+  /**
+   * The libvirt connection of the apply that recorded them, as `lockUri` names it
+   * (`qemu:///system` for this host's system daemon, whose VMs the hook guards). The hook takes
+   * only a file recorded over that one: a test world copied from the host has the host's VM
+   * names and UUIDs, and its `guard: off` must never let the host's VM start unchecked. Absent in
+   * files from before it: taken as recorded (see {@link policiesForConnection}).
+   */
+  uri?: string;
   /** The VMs with any policy other than `enforce`, by libvirt domain name. */
   vms: Record<string, VmGuardPolicy>;
 }
@@ -697,10 +705,11 @@ const REQUIRED_FIELDS: readonly string[] = ["address", "vendorId", "deviceId", "
 /** `data` as a policy file, or `null` when it is not one (a damaged file enforces). */
 export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
   if (typeof data !== "object" || data === null) return null;
-  const { version, config, vms } = data as Partial<GuardPolicyFile>;
+  const { version, config, vms, uri } = data as Partial<GuardPolicyFile>;
   if (version !== 1 || typeof config !== "string" || typeof vms !== "object" || vms === null) {
     return null;
   }
+  if (uri !== undefined && typeof uri !== "string") return null;
   for (const entry of Object.values(vms) as unknown[]) {
     const { guard, rules, allowHostCritical } = (entry ?? {}) as Partial<VmGuardPolicy>;
     if (!isPolicy(guard) || typeof rules !== "object" || rules === null) return null;
@@ -715,7 +724,43 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
     const uuid = (entry as Partial<VmGuardPolicy>).uuid;
     if (!(uuid === undefined || uuid === null || typeof uuid === "string")) return null;
   }
-  return { version, config, vms };
+  return uri === undefined ? { version, config, vms } : { version, config, uri, vms };
+}
+
+/**
+ * `file` (the policies in `path`) as the start guard of the VMs of `connection` (as `lockUri`
+ * names it; the hook's: `qemu:///system`) takes it: as recorded when an apply over that
+ * connection recorded it, or when it does not say (a file from before {@link GuardPolicyFile.uri}:
+ * an upgrade keeps the policies users recorded, and `hook status` says to apply again); else
+ * none, with why (every VM enforces). A rehearsal over the test driver or a session that wrote
+ * its policies in the directory a hook reads later never relaxes that hook.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertMatch } from "../../tests/helpers/assert.ts";
+ * const file = { version: 1 as const, config: "c.yaml", uri: "test:///w.xml",
+ *   vms: { a: { guard: "off" as const, rules: {} } } };
+ * const taken = policiesForConnection(file, { path: "p.json", connection: "qemu:///system" });
+ * assertEquals(taken.file, null);
+ * assertMatch(taken.problem!, /recorded by an apply over test:\/\/\/w\.xml, not qemu:\/\/\/system/);
+ * const own = { ...file, uri: "qemu:///system" };
+ * assertEquals(policiesForConnection(own, { path: "p.json", connection: "qemu:///system" }),
+ *   { file: own, problem: null });
+ * ```
+ */
+export function policiesForConnection(
+  file: GuardPolicyFile,
+  { path, connection }: { path: string; connection: string },
+): PolicyFileReading {
+  if (file.uri === undefined || file.uri === connection) return { file, problem: null };
+  return {
+    file: null,
+    problem:
+      `the guard policies in ${path} were recorded by an apply over ${
+        JSON.stringify(file.uri).slice(1, -1)
+      }, not ${connection}, whose VMs this guard checks: they do not count, every device is ` +
+      `checked as "enforce"; "passthrough apply -c ${connection}" records the config's for them`,
+  };
 }
 
 /** What `readPolicyFile` (in `state.ts`, which reads the state directory) found. */

@@ -93,6 +93,12 @@ export interface GuardRunOptions {
   devRoot?: string;
   /** The time allowances are judged and refusals stamped with; default now. */
   now?: Date;
+  /**
+   * The libvirt connection whose VMs' starts this check guards, as `lockUri` names it: policies
+   * recorded over another do not count. Default `qemu:///system`, the hook's; a test naming
+   * the private daemon it applied over.
+   */
+  connection?: string;
 }
 
 /** What the hook should do. */
@@ -304,7 +310,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     (known ??= { uuid: options.xml === null ? null : readRecordsLeniently(options.xml).uuid }).uuid;
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
-    : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm, uuid());
+    : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm, uuid(), {
+      ...(options.connection === undefined ? {} : { connection: options.connection }),
+    });
   const found = checksNothing(policy) ? [] : guardCheck(options);
   // Every address empty, or the check failing, may mean the tree is not there at all (a hook
   // whose --sysfs is gone) or loops: then nothing was checked, whatever the policy.

@@ -28,12 +28,14 @@ import {
   type GuardPolicyFile,
   MAX_POLICY_BYTES,
   parsePolicyFile,
+  policiesForConnection,
   type PolicyFileReading,
   policyForDomain,
   type VmPolicyReading,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
 import {
+  GUARD_URI,
   type GuardFolder,
   guardPath,
   listedRefusals,
@@ -164,8 +166,10 @@ function policyFileKind(error: unknown, path: string): "replaceable" | "director
  * The policy the hook applies to `vm`, whose definition's `<uuid>` is `uuid` (`null`: it cannot
  * be read), from {@link readPolicyFile}: `enforce` when the file does not name it, is
  * missing, or cannot be read (then with the problem), or when its policies were recorded for
- * another domain of that name (then with why). Without `uuid`, the
- * policies as recorded, whichever domain they were recorded for: for reports, never a check.
+ * another domain of that name, or by an apply over another libvirt connection than `connection`
+ * (as `lockUri` names it; default: the system daemon's, whose VMs the hook guards), then with
+ * why. Without `uuid`, the policies as recorded, whichever domain or connection they were
+ * recorded for: for reports, never a check.
  *
  * @example
  * ```ts
@@ -178,8 +182,15 @@ export function readVmPolicy(
   stateDir: string,
   vm: string,
   uuid?: string | null,
+  { connection = GUARD_URI }: { connection?: string } = {},
 ): VmPolicyReading {
-  const { file, problem } = readPolicyFile(stateDir);
+  const reading = readPolicyFile(stateDir);
+  const { file, problem } = uuid === undefined || reading.file === null
+    ? reading
+    : policiesForConnection(reading.file, {
+      path: guardPath(stateDir, POLICY_FILE),
+      connection,
+    });
   if (file === null || !Object.hasOwn(file.vms, vm)) return { policy: ENFORCE, problem };
   const policy = file.vms[vm]!;
   return uuid === undefined ? { policy, problem } : policyForDomain(policy, { vm, uuid });

@@ -18,6 +18,7 @@ import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 import {
   asSystemDaemon,
   type Libvirtd,
@@ -641,6 +642,8 @@ Deno.test("plan says what the start guard does with a VM dropped from the config
       xml: world.slice(world.indexOf("<domain"), world.indexOf("</domain>") + 9),
       dir,
       live: false,
+      // The policies were recorded over the test world, whose starts this check stands for.
+      connection: lockUri(`test://${dir}/world.xml`),
     });
     assertEquals([start.code, start.refusals.length > 0], [0, true]);
   } finally {

@@ -25,6 +25,7 @@ import {
 import { policyFor } from "../../lib/guard/policy.ts";
 import { Connection } from "../../ffi/mod.ts";
 import { runGuard } from "../../lib/guard/run.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
@@ -726,7 +727,11 @@ Deno.test({
     await using s = await scene();
     await appliedConfig(s, CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n"));
     const before = parseDomainXml(s.xml("win10")).uuid;
-    assertEquals(readVmPolicy(s.stateDir, "win10", before).policy.guard, "off");
+    assertEquals(
+      readVmPolicy(s.stateDir, "win10", before, { connection: lockUri(s.daemon.uri) }).policy
+        .guard,
+      "off",
+    );
     // Someone with libvirt access replaces win10 by a VM of their own with the host's device.
     const virsh = (...args: string[]) =>
       new Deno.Command("/usr/bin/virsh", { args: ["-c", s.daemon.uri, ...args], stdout: "null" })
@@ -751,6 +756,8 @@ Deno.test({
         root: `${s.dir}/sysfs`,
         live: false,
         stateDir: s.stateDir,
+        // Recorded over the private daemon, whose starts this check stands for.
+        connection: lockUri(s.daemon.uri),
       });
     // Before: the old win10's off checked nothing, and the start went on.
     const refused = await start();
@@ -795,6 +802,8 @@ function startOf(s: Scene, vm: string, xml = s.xml(vm)) {
     root: `${s.dir}/sysfs`,
     live: false,
     stateDir: s.stateDir,
+    // Recorded over the private daemon, whose starts this check stands for.
+    connection: lockUri(s.daemon.uri),
   });
 }
 

@@ -34,6 +34,7 @@ import { guardPolicies } from "../../lib/guard/policy.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml, worldUri } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { asSystemDaemon, libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
 
@@ -1202,13 +1203,27 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
       `${dir}/world.xml`,
       `<node>\n${testDomainXml("win11", { running: false, uuid: WIN11_UUID })}\n</node>\n`,
     );
-    const apply = (guard: string, rule = "") => {
+    // The hook takes only policies recorded over qemu:///system, which this test world stands
+    // for: between applies the file names that connection, as an apply over it leaves it.
+    const world = `test://${dir}/world.xml`;
+    const recordedOver = (uri: string) => {
+      const file = `${state}/guard/policy.json`;
+      if (!pathExists(file)) return;
+      const text = Deno.readTextFileSync(file);
+      const policies = JSON.parse(text);
+      if (policies.uri === uri) return;
+      Deno.writeTextFileSync(file, text.replace(JSON.stringify(policies.uri), JSON.stringify(uri)));
+    };
+    const apply = async (guard: string, rule = "") => {
       Deno.writeTextFileSync(
         `${dir}/config.yaml`,
         `version: 1\nvms:\n  win11:\n${guard}    devices:\n` +
           `      - { name: gpu, match: { vendor_device_id: "10de:1b06" }${rule} }\n`,
       );
-      return applyYes(`${dir}/config.yaml`, tree.dir, `test://${dir}/world.xml`, state);
+      recordedOver(lockUri(world));
+      const applied = await applyYes(`${dir}/config.yaml`, tree.dir, world, state);
+      recordedOver("qemu:///system");
+      return applied;
     };
     const installed = await runCli(
       ["hook", "install", "--hooks-dir", hooks, "--state-dir", state, "--sysfs", tree.dir],

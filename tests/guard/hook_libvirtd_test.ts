@@ -13,7 +13,12 @@ import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
-import { allowNextStart, readRefusalRecords, recordPolicies } from "../../lib/guard/state.ts";
+import {
+  allowNextStart,
+  readPolicyFile,
+  readRefusalRecords,
+  recordPolicies,
+} from "../../lib/guard/state.ts";
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { signalProcess } from "../../ffi/libc_fs.ts";
@@ -788,6 +793,10 @@ Deno.test({
       );
       const applied = await applyYes(`${dir}/config.yaml`, tree.dir, daemon.uri, stateDir);
       assertEquals(applied.code, 0, applied.stderr + applied.stdout);
+      // The hook obeys only policies recorded over qemu:///system, which this private daemon
+      // stands for: the file names it, as an apply over the system daemon writes it.
+      const policies = readPolicyFile(stateDir).file!;
+      recordPolicies(stateDir, { ...policies, uri: "qemu:///system" });
       const nvme = { vendorId: "1cc1", deviceId: "5350", classCode: "010800" };
       const dumped = await virsh(daemon.uri, "dumpxml", "--inactive", vm);
       assertEquals(dumped.code, 0, dumped.out);

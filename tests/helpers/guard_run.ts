@@ -10,9 +10,9 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 /** The exit code, each refusal as `[kind, address]`, and the lines `virsh start` would show. */
 export async function guardStartOnTree(
-  options: { vm: string; xml: string; dir: string; live: boolean },
+  options: { vm: string; xml: string; dir: string; live: boolean; connection?: string },
 ) {
-  const { vm, xml, dir, live } = options;
+  const { vm, xml, dir, live, connection } = options;
   const result = await runGuard({
     vm,
     operation: "prepare",
@@ -26,6 +26,7 @@ export async function guardStartOnTree(
     qemuStatusDir: `${dir}/qemu`,
     networkStatusDir: `${dir}/network`,
     devRoot: `${dir}/dev`,
+    ...(connection === undefined ? {} : { connection }),
   });
   return {
     code: result.code,
