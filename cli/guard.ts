@@ -32,6 +32,7 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { libvirtUriFor } from "../ffi/libvirt_conf.ts";
 import { isRemoteUri, isSystemQemuUri } from "../lib/config/uri.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
+import { lockUri } from "../lib/state/lock.ts";
 
 /**
  * The `<uuid>` of the VM libvirt defines as `vm` now, which the allowance is bound to (as the
@@ -122,7 +123,7 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { uuid, uri } = definedUuid(values, vm, io);
   const { stateDir, hook } = allowanceDir(values, { uri, uuid, hooksDir }, io);
-  const { allowance, path } = writeAllowance(stateDir, vm, uuid);
+  const { allowance, path } = writeAllowance(stateDir, vm, { uuid, uri });
   // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
   // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
   // the next refusal.
@@ -156,10 +157,11 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
 function writeAllowance(
   stateDir: string,
   vm: string,
-  uuid: string,
+  { uuid, uri }: { uuid: string; uri: string },
 ): ReturnType<typeof allowNextStart> {
   try {
-    return allowNextStart(stateDir, vm, { uuid });
+    // The connection too: the hook takes only one given over its own.
+    return allowNextStart(stateDir, vm, { uuid, uri: lockUri(uri) });
   } catch (error) {
     // A full or read-only disk: the system's words alone do not say that nothing was allowed,
     // and an allowance given earlier (within the hour) still lets the next start go on.

@@ -344,6 +344,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     const procRoot = options.procRoot ?? "/proc";
     allowance = takeAllowance(options.stateDir, options.vm, {
       uuid: uuid(),
+      ...(options.connection === undefined ? {} : { connection: options.connection }),
       now: options.now,
       // A second daemon's start of the VM may hold a claim of its allowance now.
       alive: (pid) => options.reader.listDir(`${procRoot}/${pid}`) !== null,
@@ -407,7 +408,13 @@ function hookStatusCommand(hooksDir: string | undefined): string {
 }
 
 /** What a start's allowance came to. */
-type AllowanceOutcome = "allowed" | "expired" | "future" | "other-domain" | "none";
+type AllowanceOutcome =
+  | "allowed"
+  | "expired"
+  | "future"
+  | "other-domain"
+  | "other-connection"
+  | "none";
 
 /**
  * The refusals `policy` keeps, each with the policy it is judged by. A rule's own policy and its
@@ -600,6 +607,14 @@ function verdictLines(
     if (allowance === "expired") {
       const again = blocked ? "" : `: run "${allow}" again to start it anyway`;
       lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
+    } else if (allowance === "other-connection") {
+      // A rehearsal's, over a test world or a session whose VM has this one's name and UUID.
+      const again = blocked ? "" : `: run "${allow}" to start this one anyway`;
+      lines.push(
+        `passthrough guard: an allowance for ${
+          JSON.stringify(vm)
+        } was given by guard allow over another libvirt connection than ${GUARD_URI}, whose VMs this guard checks; it does not count and is used up${again}`,
+      );
     } else if (allowance === "other-domain") {
       // Given before the VM was undefined and another defined under its name, or by a
       // passthrough that bound it to no definition: it was not meant for this one.

@@ -56,6 +56,13 @@ export interface GuardAllowance {
    * another defined under its name since (absent in files from before it: they count for none).
    */
   uuid?: string;
+  /**
+   * The libvirt connection `guard allow` was run over, as `lockUri` names it: only a start the
+   * guard of that connection checks takes it, so one given over a test world copied from the host
+   * (its VM's name and UUID) never lets the host's VM start (absent in files from before it, or
+   * from a library caller that names none: taken by any).
+   */
+  uri?: string;
   /** ISO time it was given. */
   created: string;
   /** ISO time after which it no longer counts. */
@@ -261,7 +268,13 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
  * or the file came from another host), one given for another domain of the VM's name than the one
  * starting, or by a passthrough that bound it to none (`other-domain`), or none.
  */
-export type AllowanceOutcome = "allowed" | "expired" | "future" | "other-domain" | "none";
+export type AllowanceOutcome =
+  | "allowed"
+  | "expired"
+  | "future"
+  | "other-domain"
+  | "other-connection"
+  | "none";
 
 function guardDir(state: StateDir, kind: GuardFolder): string {
   const guard = guardPath(state.path);
@@ -289,18 +302,22 @@ function fileName(vm: string): string {
  * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u1" }), "none"); // one shot
  * allowNextStart(`${dir}/state`, "win11", { uuid: "u1" });
  * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u2" }), "other-domain");
+ * // Given over a test world whose VM has the host's VM's name and UUID: not the hook's.
+ * allowNextStart(`${dir}/state`, "win11", { uuid: "u1", uri: "test:///w.xml" });
+ * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u1" }), "other-connection");
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
 export function allowNextStart(
   stateDir: string,
   vm: string,
-  { uuid, now = new Date() }: { uuid: string; now?: Date },
+  { uuid, uri, now = new Date() }: { uuid: string; uri?: string; now?: Date },
 ): { allowance: GuardAllowance; path: string } {
   const state = openStateDir(stateDir);
   const allowance: GuardAllowance = {
     vm,
     uuid,
+    ...(uri === undefined ? {} : { uri }),
     created: now.toISOString(),
     expires: new Date(now.getTime() + ALLOWANCE_LIFETIME_MS).toISOString(),
   };
@@ -324,8 +341,10 @@ export function allowNextStart(
 export function takeAllowance(
   stateDir: string,
   vm: string,
-  { uuid, now = new Date(), alive = () => true }: {
+  { uuid, connection = GUARD_URI, now = new Date(), alive = () => true }: {
     uuid: string | null;
+    /** The connection whose VMs' starts are checked (`lockUri`'s name); default the hook's. */
+    connection?: string;
     now?: Date | undefined;
     /** Whether the process with this id is running (`/proc/PID` exists). */
     alive?: (pid: number) => boolean;
@@ -362,6 +381,7 @@ export function takeAllowance(
   if (text === null) return "none";
   let window = { created: NaN, expires: NaN };
   let given: unknown = undefined;
+  let over: unknown = undefined;
   try {
     const data = JSON.parse(text) as Partial<GuardAllowance>;
     if (data.vm === vm) {
@@ -370,13 +390,17 @@ export function takeAllowance(
         expires: Date.parse(String(data.expires)),
       };
       given = data.uuid;
+      over = data.uri;
     }
   } catch {
     // A damaged allowance counts as expired.
   }
   const outcome = allowanceOutcome(window, now.getTime());
-  // Another domain defined under the name since the allowance was given never takes it.
-  return outcome === "allowed" && (uuid === null || given !== uuid) ? "other-domain" : outcome;
+  if (outcome !== "allowed") return outcome;
+  // Another domain defined under the name since the allowance was given never takes it, nor one
+  // of that name and UUID on another connection (a test world copied from the host).
+  if (uuid === null || given !== uuid) return "other-domain";
+  return over === undefined || over === connection ? outcome : "other-connection";
 }
 
 /**

@@ -12,6 +12,8 @@ import { dev } from "../helpers/plan_world.ts";
 import { buildHostTree, type HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
+import { allowanceFile } from "../../lib/guard/state.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { Connection } from "../../ffi/mod.ts";
 
@@ -357,6 +359,16 @@ Deno.test({
       `${l.dir}/state`,
     ]);
     assertEquals(allow.code, 0, allow.stderr);
+    // The hook takes only an allowance given over qemu:///system, which the lab's daemon stands
+    // for: the file names it, as guard allow over the system daemon writes it.
+    const given = allowanceFile(`${l.dir}/state`, "win11")!;
+    Deno.writeTextFileSync(
+      given,
+      Deno.readTextFileSync(given).replace(
+        JSON.stringify(lockUri(l.daemon.uri)),
+        JSON.stringify("qemu:///system"),
+      ),
+    );
     const allowed = await l.start("win11");
     assertEquals(allowed.code, 1);
     for (const said of [allow.stdout, allowed.stderr]) {

@@ -116,3 +116,47 @@ Deno.test("policy: a file from before the connection was recorded is obeyed as w
     /policies: "win10" off \(from c\.yaml; recorded before passthrough noted the connection of the apply: if that was not qemu:\/\/\/system \(a test world, a session\), run passthrough apply -c qemu:\/\/\/system\)/,
   );
 });
+
+Deno.test("policy: guard allow over a test world, in a state directory a hook is later pointed at, does not let the host's VM start", async () => {
+  await using tree = await demoTree();
+  const stateDir = `${tree.dir}/state`;
+  const uri = `test://${WORLD}`;
+  // No hook installed in this hooks directory: the rehearsal's own --state-dir takes it.
+  const allow = () =>
+    runCli([
+      "guard",
+      "allow",
+      "win10",
+      "--connect",
+      uri,
+      "--state-dir",
+      stateDir,
+      "--hooks-dir",
+      `${tree.dir}/hooks`,
+    ]);
+  const given = await allow();
+  assertEquals(given.code, 0, given.stderr);
+  const start = (connection?: string) =>
+    runGuard({
+      vm: "win10",
+      operation: "prepare",
+      subOperation: "begin",
+      xml: win10WithGoneDevice(),
+      reader: denoFsReader(),
+      root: tree.sysfs,
+      live: false,
+      stateDir,
+      ...(connection === undefined ? {} : { connection }),
+    });
+  // The hook (the system daemon's): refused, the allowance used up, and why it did not count.
+  const hook = await start();
+  assertEquals(hook.code, 1, hook.lines.join("\n"));
+  assertMatch(
+    hook.lines.join("\n"),
+    /an allowance for "win10" was given by guard allow over another libvirt connection than qemu:\/\/\/system, whose VMs this guard checks; it does not count and is used up: run "passthrough guard allow win10 -c qemu:\/\/\/system --state-dir \S+" to start this one anyway/,
+  );
+  assertEquals((await start(lockUri(uri))).code, 1);
+  // The same check for the VMs of the world it was given over takes it.
+  assertEquals((await allow()).code, 0);
+  assertEquals((await start(lockUri(uri))).code, 0);
+});
