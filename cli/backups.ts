@@ -62,6 +62,23 @@ function uuidNotes(entries: readonly BackupEntry[]): string {
   ).join("");
 }
 
+/**
+ * A note for each VM whose backups were taken through several libvirts (hosts): their `#`s run
+ * across all of them, and `rollback` restores only those of the libvirt it connects to.
+ */
+function uriNotes(entries: readonly BackupEntry[]): string {
+  const byVm = new Map<string, string[]>();
+  for (const { vm, uri } of entries) {
+    const uris = byVm.get(vm) ?? [];
+    if (!uris.includes(lockUri(uri))) uris.push(lockUri(uri));
+    byVm.set(vm, uris);
+  }
+  return [...byVm].filter(([, uris]) => uris.length > 1).map(([vm, uris]) =>
+    `Note: the backups of ${JSON.stringify(vm)} were taken through ${uris.length} libvirts ` +
+    `(${uris.sort().join(", ")}): rollback restores only those of the one it connects to (-c URI)\n`
+  ).join("");
+}
+
 /** Runs `passthrough backups [VM]`; writes nothing. Exit 1 when a backup is damaged. */
 export function run(
   { values, positionals: [vm] }: Parsed<typeof BACKUPS>,
@@ -102,7 +119,7 @@ export function run(
         ["#", "TIME", "VM", "REASON", "ID", "UUID"],
         entries.map((e) => [index(e.vm), e.time, e.vm, e.reason, e.id, e.uuid]),
       ));
-      const uuids = uuidNotes(entries);
+      const uuids = uuidNotes(entries) + uriNotes(entries);
       if (uuids !== "") io.out(`\n${uuids}`);
     }
     if (notes !== "") io.out(`\n${notes}`);

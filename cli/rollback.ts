@@ -248,7 +248,8 @@ export async function run(
     }),
     confirm: rollbackConfirm(values, io),
   }).catch((error) => {
-    throw error instanceof BackupNotFoundError && error.ref === null
+    throw error instanceof BackupNotFoundError && error.ref === null &&
+        error.otherConnection === null
       ? unknownVmError(vm, state.path, libvirt.listDomains().map((d) => d.name))
       : error;
   });

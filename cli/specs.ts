@@ -221,7 +221,8 @@ export const ROLLBACK = {
   },
   about: `
 Restores VM's persistent definition from a backup taken by 'apply' or 'rollback'
-(the newest unless --to names one; see 'passthrough backups VM'). Shows the diff and
+(the newest unless --to names one; see 'passthrough backups VM'), of those taken
+through the libvirt it connects to (-c): never another host's. Shows the diff and
 asks first, backs up the definition it replaces, refuses a backup of another domain
 (uuid), and checks the definition libvirt holds afterwards.`.trim(),
   notes: `

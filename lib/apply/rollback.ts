@@ -792,7 +792,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const { libvirt, run } = options;
   // Looked up read-only first: opening the state directory creates it (and the lock), and a
   // missing backup (a mistyped state directory) must leave nothing behind.
-  findBackup(options.stateDir, vm, options.backup, { run });
+  findBackup(options.stateDir, vm, options.backup, { run, uri: libvirt.uri });
   const state = openStateDir(options.stateDir);
   using owned = lockToTake(libvirt, state, options.lock);
   const lock = options.lock ?? owned!;
@@ -880,7 +880,9 @@ function backupOf(
   summary: DomainSummary | null;
   unread: Stop | null;
 } {
-  const backup = findBackup(state, vm, options.backup, { run: options.run });
+  const uri = lockUri(options.libvirt.uri);
+  // Of this connection only: another host's VM of this name and uuid has its own backups here.
+  const backup = findBackup(state, vm, options.backup, { run: options.run, uri });
   const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);
   let domains: DomainSummary[];
@@ -894,7 +896,7 @@ function backupOf(
   checkBackupIsOf(vm, backup, parsed, {
     summary,
     renamed: domains.find((d) => d.name !== vm && d.uuid === backup.uuid) ?? null,
-    others: () => listBackups(state, vm),
+    others: () => listBackups(state, vm).filter((b) => lockUri(b.uri) === uri),
     run: options.run,
   });
   return { backup, backupXml, parsed, summary, unread: null };

@@ -19,6 +19,7 @@ import { sha256Hex } from "./sha256.ts";
 import { lockUri } from "./lock.ts";
 import { followUpCommand, type RunFlags, shellWord } from "../render/shell.ts";
 import { errorText } from "../render/error_text.ts";
+import { redactSecrets } from "../domain/secrets.ts";
 import { dirname, join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
@@ -88,11 +89,16 @@ export class BackupNotFoundError extends Error {
   readonly ref: string | null;
   /** The backup `ref` names, when it is a backup of another VM. */
   readonly otherVm: BackupEntry | null;
+  /**
+   * The backup `ref` names (or, with no `ref`, the VM's newest), when it was taken through
+   * another libvirt connection than the one asked for: another host's VM of that name.
+   */
+  readonly otherConnection: BackupEntry | null;
 
   /**
    * Builds the error for `vm` and the reference asked for; `where` is the state directory
-   * searched, `detail` replaces the default explanation of a `ref` not found, `run` the flags
-   * its `passthrough backups` advice repeats.
+   * searched, `detail` replaces the default explanation of a `ref` not found (and explains a
+   * missing newest one), `run` the flags its `passthrough backups` advice repeats.
    */
   constructor(
     vm: string,
@@ -101,13 +107,16 @@ export class BackupNotFoundError extends Error {
       where?: string;
       detail?: string;
       otherVm?: BackupEntry;
+      otherConnection?: BackupEntry;
       run?: RunFlags | undefined;
     } = {},
   ) {
     const where = options.where === undefined ? "" : ` in ${options.where}`;
     super(
       ref === null
-        ? `No backup of VM "${vm}"${where}`
+        ? `No backup of VM "${vm}"${where}${
+          options.detail === undefined ? "" : `: ${options.detail}`
+        }`
         : `No backup "${ref}" of VM "${vm}"${where}: ${
           options.detail ??
             `run "${
@@ -118,6 +127,7 @@ export class BackupNotFoundError extends Error {
     this.vm = vm;
     this.ref = ref;
     this.otherVm = options.otherVm ?? null;
+    this.otherConnection = options.otherConnection ?? null;
   }
 }
 
@@ -708,6 +718,11 @@ function matching<T extends { id: string | null; path: string }>(items: T[], ref
  * `ref` can never point outside `backups/`. A damaged backup is never chosen: asked for by name,
  * or newer than every intact one when the newest is asked for, it is a
  * {@link BackupIntegrityError} (restoring an older one instead would silently skip a change).
+ * With `options.uri`, only backups taken through that libvirt connection (as its lock names it)
+ * are chosen: the newest is the newest of those, and one named (by id or by its `#` in the VM's
+ * listing) that was taken through another is a {@link BackupNotFoundError} naming that
+ * connection. A VM of that name and uuid on another host (defined from one XML, or migrated)
+ * shares the VM's backup directory, and its definition names that host's devices.
  * A `ref` not found says where it looked, which backups an ambiguous prefix matches, and whose a
  * backup of another VM is; the commands it advises repeat `options.run`'s flags.
  *
@@ -727,11 +742,18 @@ export function findBackup(
   stateDir: string | StateDir,
   vm: string,
   ref?: string,
-  options: { run?: RunFlags | undefined } = {},
+  options: { run?: RunFlags | undefined; uri?: string | undefined } = {},
 ): BackupEntry {
-  const { run } = options;
-  const { entries, problems } = inspectBackups(stateDir, vm);
+  const { run, uri } = options;
+  const { entries: listed, problems } = inspectBackups(stateDir, vm);
+  const ours = (e: BackupEntry) => uri === undefined || lockUri(e.uri) === lockUri(uri);
+  const entries = listed.filter(ours);
   const damaged = problems.filter((p) => p.kind === "damaged" && p.id !== null);
+  // Found, but taken through another connection: never restored through this one.
+  const theirs = (found: BackupEntry, asked: string | null): BackupEntry => {
+    if (ours(found)) return found;
+    throw otherConnection(stateDir, { vm, ref: asked, found, uri: uri!, run });
+  };
   if (ref === undefined) {
     const newest = entries[0];
     // Only a name passthrough gives a backup tells its time: a stray `notes.json` is no newer.
@@ -749,25 +771,27 @@ export function findBackup(
           }")`,
       );
     }
+    if (newest === undefined && listed[0] !== undefined) theirs(listed[0], null);
     if (newest === undefined) throw new BackupNotFoundError(vm, null, { where: state(stateDir) });
     return newest;
   }
   const index = backupIndex(ref);
   if (index !== null) {
-    const at = entries[index - 1];
-    if (at !== undefined && index > 0) return at;
+    // As `backups` numbers them: every connection's.
+    const at = listed[index - 1];
+    if (at !== undefined && index > 0) return theirs(at, ref);
     throw new BackupNotFoundError(vm, ref, {
       where: state(stateDir),
-      detail: `"${vm}" has ${entries.length} backup${entries.length === 1 ? "" : "s"}` +
+      detail: `"${vm}" has ${listed.length} backup${listed.length === 1 ? "" : "s"}` +
         ` (1 is the newest): run "${
           followUpCommand(run, "passthrough backups", { value: vm })
         }" to list them`,
     });
   }
-  const found = [...matching(entries, ref), ...matching(damaged, ref)];
+  const found = [...matching(listed, ref), ...matching(damaged, ref)];
   if (found.length === 1) {
     const [one] = found;
-    if ("sha256" in one!) return one;
+    if ("sha256" in one!) return theirs(one, ref);
     throw new BackupIntegrityError(one!.path, one!.detail);
   }
   if (found.length > 1) {
@@ -785,6 +809,35 @@ export function findBackup(
 /** The state directory's path, for messages. */
 function state(stateDir: string | StateDir): string {
   return typeof stateDir === "string" ? stateDir : stateDir.path;
+}
+
+/**
+ * The backup `found` of `vm` (`ref`, or the newest when `null`) was taken through another libvirt
+ * connection than `uri`: its definition is that libvirt's VM's, whose devices are another host's.
+ */
+function otherConnection(
+  stateDir: string | StateDir,
+  { vm, ref, found, uri, run }: {
+    vm: string;
+    ref: string | null;
+    found: BackupEntry;
+    uri: string;
+    run: RunFlags | undefined;
+  },
+): BackupNotFoundError {
+  const there = followUpCommand({ ...run, connect: found.uri }, "passthrough rollback", {
+    value: vm,
+    ...(ref === null ? {} : { options: [["--to", found.id]] }),
+  });
+  return new BackupNotFoundError(vm, ref, {
+    where: state(stateDir),
+    otherConnection: found,
+    detail: `${ref === null ? "its newest " : ""}backup "${found.id}" was taken through ${
+      redactSecrets(found.uri)
+    }, not ${
+      redactSecrets(uri)
+    }: its definition is the VM of that libvirt, with its host's devices; restore it there with "${there}"`,
+  });
 }
 
 /** No backup `ref` of `vm`: explains a backup of another VM that `ref` names, if there is one. */

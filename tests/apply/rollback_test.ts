@@ -415,6 +415,44 @@ Deno.test("rollbackVm() refuses a backup whose file and sidecar disagree on the 
   assertEquals(f.port.getPersistentXml("beta", { secure: true }), betaBefore);
 });
 
+Deno.test("rollbackVm() restores only backups taken through its own connection, a VM of that name and uuid on another libvirt aside", async () => {
+  // Two libvirts (two hosts) each defining alpha with one uuid (defined from one XML, or
+  // migrated), their backups in one state directory.
+  using here = fixture();
+  using there = fixture();
+  const stateDir = here.stateDir;
+  const original = here.port.getPersistentXml("alpha", { secure: true });
+  const onThere = { ...there, stateDir, port: there.port } as Fixture;
+  await addHostdevs(onThere, "alpha", ["0000:01:00.0"]);
+  const theirs = listBackups(stateDir, "alpha");
+  // None taken here: the other host's definition (its PCI addresses) is not restored into this
+  // host's alpha, and the refusal names where those backups came from.
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: here.port, stateDir, confirm: yes }),
+    (e: unknown) =>
+      e instanceof BackupNotFoundError && e.otherConnection?.id === theirs[0]!.id &&
+      e.message.includes(`taken through ${there.port.uri}, not ${here.port.uri}`),
+  );
+  assertEquals(hostdevs(here, "alpha"), []);
+  // One taken here, then one more there: the newest of this connection is restored.
+  await addHostdevs({ ...here, stateDir } as Fixture, "alpha", ["0000:03:00.0"]);
+  await addHostdevs(onThere, "alpha", ["0000:02:00.0"]);
+  assertEquals(listBackups(stateDir, "alpha")[0]!.uri, there.port.uri);
+  const report = await rollbackVm("alpha", { libvirt: here.port, stateDir, confirm: yes });
+  assertEquals(report.status, "restored");
+  assertEquals(here.port.getPersistentXml("alpha", { secure: true }), original);
+  // Theirs named by id or number is refused, with the command that restores it there.
+  for (const ref of [theirs[0]!.id, listBackups(stateDir, "alpha")[1]!.id, "2"]) {
+    await assertRejects(
+      () => rollbackVm("alpha", { libvirt: here.port, stateDir, backup: ref, confirm: yes }),
+      (e: unknown) =>
+        e instanceof BackupNotFoundError && e.otherConnection !== null &&
+        e.message.endsWith(`--to ${e.otherConnection.id} -c ${there.port.uri}"`),
+      ref,
+    );
+  }
+  assertEquals(hostdevs(here, "alpha"), []);
+});
 Deno.test("rollbackVm() refuses a lock taken for another connection", async () => {
   using f = fixture();
   await addHostdevs(f, "alpha", ["0000:01:00.0"]);
