@@ -383,8 +383,8 @@ function readSidecar(dir: string, fileName: string): BackupEntry {
  * A file (or a VM's directory) under `backups/` that is not a usable backup. Plain data.
  *
  * - `damaged`: a sidecar that cannot be read as one (not JSON, a field missing, not a regular
- *   file), a sidecar whose XML file is gone or no longer matches its sha256, or a VM directory
- *   that is unsafe to read.
+ *   file), one naming a VM whose directory this is not, a sidecar whose XML file is gone or no
+ *   longer matches its sha256, or a VM directory that is unsafe to read.
  * - `incomplete`: an XML file without its sidecar, or a temporary file: what a run killed while
  *   writing a backup leaves (or, written a moment ago, a backup another run is writing). Such a
  *   run defined nothing after it, since every define waits for the whole backup.
@@ -534,7 +534,18 @@ function inspectSidecar(
     if (!(error instanceof BackupIntegrityError)) throw error;
     return damaged(error.detail);
   }
-  if (vm !== undefined && entry.vm !== vm) return;
+  // Only passthrough names the directory, from the VM's name: one copied or moved by hand into
+  // another VM's would be listed (and numbered) as its own VM's backup, which `rollback` of that
+  // VM, reading its own directory alone, never finds; and skipped here, `rollback` of this one
+  // would pass over a newer file of its directory unsaid.
+  const home = join(dirname(dir), encodeVmName(entry.vm));
+  if (home !== dir) {
+    return damaged(
+      `the sidecar names VM ${
+        JSON.stringify(entry.vm)
+      }, whose backups are in "${home}": it is in another VM's directory; it cannot be restored`,
+    );
+  }
   // A listing is no snapshot: the XML, written before its sidecar, may be missing from it.
   const xml = names.get(`${id}.xml`) ?? lstatOrUndefined(join(dir, `${id}.xml`));
   // A prune removes the sidecar, then the XML: with both gone since, the backup is no more.

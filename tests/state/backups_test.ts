@@ -378,6 +378,34 @@ Deno.test("inspectBackups() reports a damaged sidecar and still lists every othe
   });
 });
 
+Deno.test("inspectBackups() reports a backup moved into another VM's directory as damaged, so backups numbers what rollback takes", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const a = backupOf(state, "a", { second: 1 });
+    const b = backupOf(state, "b", { second: 2 });
+    // b's backup copied by hand into a's directory (to restore it into a, say), renamed newer.
+    const moved = "20261124T030003.000Z-0b7e4a7c";
+    const [dirA, dirB] = [`${state.backupsPath}/a`, `${state.backupsPath}/b`];
+    Deno.copyFileSync(`${dirB}/${b.id}.xml`, `${dirA}/${moved}.xml`);
+    Deno.copyFileSync(`${dirB}/${b.id}.json`, `${dirA}/${moved}.json`);
+    const detail =
+      `the sidecar names VM "b", whose backups are in "${dirB}": it is in another VM's directory; it cannot be restored`;
+    const problems = [{ kind: "damaged", id: moved, path: `${dirA}/${moved}.json`, detail }];
+    // Every VM's listing and a's alike: b has one backup, numbered 1, which rollback b --to 1 takes.
+    assertEquals(inspectBackups(state), { entries: [b, a], problems });
+    assertEquals(inspectBackups(state, "a"), { entries: [a], problems });
+    assertEquals(findBackup(state, "b", "1").id, b.id);
+    const human = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals(human.code, 1);
+    assertEquals(human.stdout.split("\n").filter((l) => / b /.test(l)).length, 1);
+    // Newer than a's own: rollback a does not pass over it silently.
+    assertThrows(() => findBackup(state, "a"), BackupIntegrityError, "choose one with --to");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("inspectBackups() reports a backup whose XML file is a FIFO, a symlink or a directory as damaged, not intact", () => {
   const damages: [string, RegExp, (path: string) => void][] = [
     ["a FIFO", /is not a regular file/, (path) => {
@@ -644,8 +672,8 @@ Deno.test("inspectBackups() reads sidecars strictly: an array, a field of anothe
       inspectBackups(state, "gone").problems.map((p) => [p.kind, p.detail]),
       [["damaged", `its XML file "${gone.id}.xml" is missing`]],
     );
-    // A backup of "b" copied into the directory of "a" is not one of "a"'s; a dotfile that is no
-    // temporary file of ours is nothing.
+    // A backup of "b" copied into the directory of "a" is not one of "a"'s, but a file there that
+    // is no backup of it; a dotfile that is no temporary file of ours is nothing.
     const own = backupOf(state, "a", { second: 5 });
     const ofB = backupOf(state, "b");
     for (const ext of [".xml", ".json"]) {
@@ -655,7 +683,11 @@ Deno.test("inspectBackups() reads sidecars strictly: an array, a field of anothe
       );
     }
     Deno.writeTextFileSync(`${state.backupsPath}/a/.keep`, "");
-    assertEquals(inspectBackups(state, "a"), { entries: [own], problems: [] });
+    assertEquals(inspectBackups(state, "a").entries, [own]);
+    assertEquals(
+      inspectBackups(state, "a").problems.map((p) => [p.kind, p.id]),
+      [["damaged", ofB.id]],
+    );
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
