@@ -27,9 +27,10 @@ import {
   type StartAllowance,
   type StartRefusal,
 } from "../lib/apply/rollback.ts";
-import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { openStateDir, resolveStateDirPath, type StateDir } from "../lib/state/state_dir.ts";
+import type { DomainSummary } from "../lib/plan/libvirt_port.ts";
 import { pathExists } from "../lib/state/paths.ts";
-import { BackupNotFoundError } from "../lib/state/backups.ts";
+import { BackupNotFoundError, listBackups } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck, policed } from "../lib/guard/run.ts";
@@ -91,10 +92,25 @@ function showRollback(io: CliIo, preview: RollbackPreview, showSecrets: boolean)
 
 /**
  * No backup of `vm` in `stateDir`: when libvirt defines no such VM either, most likely a typo, so
- * the closest name and the defined VMs are named.
+ * the closest name and the defined VMs are named. A VM renamed since its backups (`virsh
+ * domrename`) has them filed under the name it had (`filedAs`, newest first), which a rollback of
+ * that name knows how to restore.
  */
-function unknownVmError(vm: string, stateDir: string, defined: string[]): Error {
+function unknownVmError(
+  vm: string,
+  stateDir: string,
+  { defined, filedAs, run }: { defined: string[]; filedAs: FiledAs | null; run: RunFlags },
+): Error {
   const where = `No backup of VM "${vm}" in ${stateDir}`;
+  if (defined.includes(vm) && filedAs !== null) {
+    const names = filedAs.names.map((n) => `"${n}"`).join(", ");
+    const them = filedAs.names.length === 1 ? "the name it had" : "names it had";
+    return new Error(
+      `${where}: its uuid ${filedAs.uuid} has backups filed as ${names}, ${them} when they were taken (renamed since): "${
+        followUpCommand(run, "passthrough rollback", { value: filedAs.names[0]! })
+      }" says how to restore one`,
+    );
+  }
   if (defined.includes(vm)) {
     return new Error(`${where}: 'passthrough apply' backs a VM up before it changes it`);
   }
@@ -102,6 +118,30 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
   return new Error(
     `${where}, and libvirt defines no VM "${vm}"${didYouMean(vm, defined)}: defined VMs: ${list}`,
   );
+}
+
+/** The names a VM's backups are filed under, its uuid's, through this connection. */
+interface FiledAs {
+  uuid: string;
+  names: string[];
+}
+
+/**
+ * The other names (newest first) that backups of the domain libvirt defines as `vm` now were
+ * taken under, through `uri`; `null` when there are none, or no such domain.
+ */
+function filedAs(
+  state: StateDir,
+  vm: string,
+  domains: DomainSummary[],
+  uri: string,
+): FiledAs | null {
+  const uuid = domains.find((d) => d.name === vm)?.uuid;
+  if (uuid === undefined) return null;
+  const names = listBackups(state)
+    .filter((e) => e.uuid === uuid && e.vm !== vm && lockUri(e.uri) === lockUri(uri))
+    .map((e) => e.vm);
+  return names.length === 0 ? null : { uuid, names: [...new Set(names)] };
 }
 
 /** What {@link startVerdict} makes of the start guard's check of a backup. */
@@ -216,8 +256,12 @@ export async function run(
   using libvirt = openLibvirtPort(target.uri, target.options);
   // No state directory holds no backup: say so rather than create one at a mistyped path.
   if (!exists) {
-    const names = libvirt.listDomains().map((d) => d.name);
-    throw unknownVmError(vm, `${stateDir} (which does not exist)`, names);
+    const defined = libvirt.listDomains().map((d) => d.name);
+    throw unknownVmError(vm, `${stateDir} (which does not exist)`, {
+      defined,
+      filedAs: null,
+      run: runFlags(values),
+    });
   }
   const state = openStateDir(stateDir);
   using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
@@ -248,10 +292,16 @@ export async function run(
     }),
     confirm: rollbackConfirm(values, io),
   }).catch((error) => {
-    throw error instanceof BackupNotFoundError && error.ref === null &&
-        error.otherConnection === null
-      ? unknownVmError(vm, state.path, libvirt.listDomains().map((d) => d.name))
-      : error;
+    if (
+      !(error instanceof BackupNotFoundError && error.ref === null &&
+        error.otherConnection === null)
+    ) throw error;
+    const domains = libvirt.listDomains();
+    throw unknownVmError(vm, state.path, {
+      defined: domains.map((d) => d.name),
+      filedAs: filedAs(state, vm, domains, libvirt.uri),
+      run: runFlags(values),
+    });
   });
   if (report.brokeStaleLock !== null) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -1696,6 +1696,34 @@ Deno.test("passthrough rollback that fails after writing its safety backup names
   }
 });
 
+Deno.test("passthrough rollback of a VM renamed since its backups names the name they are filed under", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    const world = `${root}/world.xml`;
+    await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+    const uri = `test://${world}`;
+    const stateDir = `${root}/state`;
+    // Applied as "old-alpha", then `virsh domrename old-alpha alpha`: its backups keep that name.
+    const xml = (() => {
+      using port = openLibvirtPort(uri);
+      return port.getPersistentXml("alpha", { secure: true })
+        .replace("<name>alpha</name>", "<name>old-alpha</name>");
+    })();
+    writeBackup(stateDir, { vm: "old-alpha", uuid: UUID_A, xml, reason: "apply", uri });
+    const result = await cli(["rollback", "alpha", "--yes", "-c", uri, "--state-dir", stateDir]);
+    assertEquals([result.code, result.stdout], [1, ""]);
+    assertEquals(
+      result.stderr,
+      `passthrough rollback: No backup of VM "alpha" in ${stateDir}: its uuid ${UUID_A} has backups filed as "old-alpha", the name it had when they were taken (renamed since): "passthrough rollback old-alpha -c ${uri} --state-dir ${stateDir}" says how to restore one\n`,
+    );
+    // Which it does.
+    const told = await cli(["rollback", "old-alpha", "--yes", "-c", uri, "--state-dir", stateDir]);
+    assertEquals(told.code, 1);
+    assertMatch(told.stdout, /rename it back with "virsh domrename alpha old-alpha"/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
 Deno.test("passthrough rollback hides a changed password, notes a stale lock, and explains a VM with no backup, one not defined and a mistyped one", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
