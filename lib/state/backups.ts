@@ -339,6 +339,26 @@ function unreadable(path: string, error: unknown): unknown {
   return new BackupIntegrityError(path, error.message.replace(`Refusing "${path}": `, ""));
 }
 
+/**
+ * Refuses the sidecar `metaPath` of backup `id` when its `time` is not the time its name starts
+ * with. Listings order a VM's backups by that field, and `rollback` restores the first: both are
+ * written from one clock reading, and one that differs (or a name that is no backup's) could pass
+ * an older backup off as the newest.
+ */
+function checkNamedTime(metaPath: string, id: string, recorded: string): void {
+  const named = STAMPED.exec(id);
+  if (named === null) {
+    throw new BackupIntegrityError(metaPath, "its name does not start with a backup's time");
+  }
+  const time = `${named[1]}-${named[2]}-${named[3]}T${named[4]}:${named[5]}:${named[6]}Z`;
+  if (recorded !== time) {
+    throw new BackupIntegrityError(
+      metaPath,
+      `its time "${recorded}" is not the one its name says (${time})`,
+    );
+  }
+}
+
 function readSidecar(dir: string, fileName: string): BackupEntry {
   const metaPath = join(dir, fileName);
   let text: string;
@@ -383,8 +403,9 @@ function readSidecar(dir: string, fileName: string): BackupEntry {
  * A file (or a VM's directory) under `backups/` that is not a usable backup. Plain data.
  *
  * - `damaged`: a sidecar that cannot be read as one (not JSON, a field missing, not a regular
- *   file), one naming a VM whose directory this is not, a sidecar whose XML file is gone or no
- *   longer matches its sha256, or a VM directory that is unsafe to read.
+ *   file), one naming a VM whose directory this is not or a time its name does not start with, a
+ *   sidecar whose XML file is gone or no longer matches its sha256, or a VM directory that is
+ *   unsafe to read.
  * - `incomplete`: an XML file without its sidecar, or a temporary file: what a run killed while
  *   writing a backup leaves (or, written a moment ago, a backup another run is writing). Such a
  *   run defined nothing after it, since every define waits for the whole backup.
@@ -528,6 +549,7 @@ function inspectSidecar(
   let entry: BackupEntry;
   try {
     entry = readSidecar(dir, file.name);
+    checkNamedTime(path, id, entry.time);
   } catch (error) {
     // Removed since the listing, by an apply pruning the VM's backups: no backup to report.
     if (error instanceof Deno.errors.NotFound) return;

@@ -384,8 +384,8 @@ Deno.test("inspectBackups() reports a backup moved into another VM's directory a
     const state = openStateDir(`${root}/state`);
     const a = backupOf(state, "a", { second: 1 });
     const b = backupOf(state, "b", { second: 2 });
-    // b's backup copied by hand into a's directory (to restore it into a, say), renamed newer.
-    const moved = "20261124T030003.000Z-0b7e4a7c";
+    // b's backup copied by hand into a's directory (to restore it into a, say).
+    const moved = b.id;
     const [dirA, dirB] = [`${state.backupsPath}/a`, `${state.backupsPath}/b`];
     Deno.copyFileSync(`${dirB}/${b.id}.xml`, `${dirA}/${moved}.xml`);
     Deno.copyFileSync(`${dirB}/${b.id}.json`, `${dirA}/${moved}.json`);
@@ -648,6 +648,30 @@ Deno.test("findBackup() reads four digits as the start of an id; another VM's ba
   }
 });
 
+Deno.test("inspectBackups() reports a sidecar whose time is not the one its name starts with as damaged, so it cannot pass for the newest", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const older = backupOf(state, "a", { note: "<old/>", second: 1 });
+    const newer = backupOf(state, "a", { note: "<new/>", second: 2 });
+    const sidecar = older.path.replace(/\.xml$/, ".json");
+    for (const time of ["2099-01-01T00:00:00.000Z", "yesterday", "2026-11-24T03:00:01Z"]) {
+      const data = JSON.parse(Deno.readTextFileSync(sidecar)) as Record<string, unknown>;
+      Deno.writeTextFileSync(sidecar, JSON.stringify({ ...data, time }));
+      const { entries, problems } = inspectBackups(state, "a");
+      assertEquals(entries.map((e) => e.id), [newer.id], time);
+      assertEquals(
+        problems.map((p) => [p.kind, p.id, p.detail]),
+        [["damaged", older.id, `its time "${time}" is not the one its name says (${older.time})`]],
+        time,
+      );
+      // The newest is the newest written, not the one whose sidecar says a later time.
+      assertEquals(findBackup(state, "a").id, newer.id, time);
+    }
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
 Deno.test("inspectBackups() reads sidecars strictly: an array, a field of another type, an unknown reason, no XML", () => {
   const root = tempDir();
   try {
