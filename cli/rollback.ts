@@ -38,6 +38,8 @@ import { readVmPolicy } from "../lib/guard/state.ts";
 import { ENFORCE, type VmGuardPolicy } from "../lib/guard/policy.ts";
 import { guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { readRecordsLeniently } from "../lib/domain/lenient.ts";
+import { heldAddresses, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
@@ -142,6 +144,25 @@ function filedAs(
     .filter((e) => e.uuid === uuid && e.vm !== vm && lockUri(e.uri) === lockUri(uri))
     .map((e) => e.vm);
   return names.length === 0 ? null : { uuid, names: [...new Set(names)] };
+}
+
+/**
+ * The warning for a backup of `vm` that passes PCI devices, restored through `uri`, another
+ * machine's libvirt: only that libvirt's other VMs were checked, as `rollback` reads no /sys but
+ * this host's; the start guard there, if installed, still checks them at each start.
+ */
+function remoteHostWarning(vm: string, uri: string): (xml: string) => string[] {
+  return (xml) => {
+    const passed = heldAddresses(parseDomainXml(xml));
+    if (passed.length === 0) return [];
+    return [
+      `libvirt at "${redactSecrets(uri)}" is another machine: the backup gives ${
+        JSON.stringify(vm)
+      } ${
+        passed.join(", ")
+      }, checked only against the other VMs that libvirt defines, not against that host's IOMMU groups, SR-IOV functions or its own use of them (this host's /sys says nothing of that one's); its start guard, where installed, checks them at each start`,
+    ];
+  };
 }
 
 /** What {@link startVerdict} makes of the start guard's check of a backup. */
@@ -280,8 +301,9 @@ export async function run(
     run: runFlags(values),
     ...(values.to !== undefined ? { backup: values.to } : {}),
     // This host's disks, USB devices and network interfaces, when libvirt runs here; and what
-    // the start guard would say of the backup's hostdevs on it.
-    ...(isRemoteUri(libvirt.uri) ? {} : {
+    // the start guard would say of the backup's hostdevs on it. Another machine's are not read
+    // here (this /sys is not its): said before the question, as what was not checked.
+    ...(isRemoteUri(libvirt.uri) ? { startWarnings: remoteHostWarning(vm, libvirt.uri) } : {
       devices: hostFactsFor(undefined),
       // Read afresh each time: asked again after the question, which may stay open for minutes.
       startRefusals: (xml) => check(xml, true).refusals,

@@ -344,6 +344,46 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "rollback over another machine's libvirt says before its question that the backup's PCI devices were checked against that libvirt's VMs only",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-remote-rb-" }));
+    await using daemon = await startDemoDaemon();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      const uri = relayedRemoteUri(daemon, dir, "hv9.invalid");
+      const remote = ["--connect", uri, "--allow-uri-programs", "--state-dir", `${dir}/state`];
+      const apply = await runCli([
+        "apply",
+        "--yes",
+        "--config",
+        `${DEMO}passthrough_config.yaml`,
+        "--sysfs",
+        `${dir}/sysfs`,
+        ...remote,
+      ]);
+      assertEquals(apply.code, 0, apply.stderr);
+      const rollback = () => runCli(["rollback", "win10", "--yes", ...remote]);
+      // The first rollback takes win10's GPU away: nothing to say of it.
+      const first = await rollback();
+      assertEquals([first.code, first.stdout.includes("Warning")], [0, false], first.stdout);
+      // The second gives it back: what this host cannot check there is said, with the diff.
+      const second = await rollback();
+      assertEquals(second.code, 0, second.stderr);
+      const warnings = second.stdout.split("\n").filter((line) => line.startsWith("Warning"));
+      assertEquals(warnings.length, 1, second.stdout);
+      assertMatch(
+        warnings[0]!,
+        /^Warning: libvirt at "qemu\+ext:\/\/hv9\.invalid\/system\?command=[^"]*" is another machine: the backup gives "win10" 0000:21:00\.0, .*, checked only against the other VMs that libvirt defines, not against that host's IOMMU groups, SR-IOV functions or its own use of them/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "rollback judges a restore by the policies the installed hook reads, not --state-dir's",
   ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
   async fn() {
