@@ -4,7 +4,8 @@
  * that gives the VM a device another domain holds now is not restored (checked before asking and
  * again just before the define): that would put the device in two definitions; nor, with this
  * host's facts, one giving it a device whose IOMMU group or SR-IOV PF/VF another domain holds
- * (`plan`'s `group-shared-with-other-vm` and `sriov-split`), or whose hostdevs the start guard
+ * (`plan`'s `group-shared-with-other-vm` and `sriov-split`), or a VF a hostdev network's pool
+ * hands out or that pool's PF (`hostdev-network`), or whose hostdevs the start guard
  * would refuse now (a recorded device replaced, one the host needs: an address holding nothing
  * is only warned of); nor into a transient domain, as `apply` refuses one: defining it would make
  * it persistent; nor under a name whose uuid another domain carries now (renamed).
@@ -169,7 +170,8 @@ export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | 
  * Why, as a stable code a script can test (the message is for humans): `restored`, `no-changes`
  * (`unchanged`), `declined`; refusals, with nothing written: `transient` (a transient domain),
  * `renamed` (the VM is gone, and its uuid is another domain's now: `virsh domrename`),
- * `held-elsewhere` (a device, or one of its IOMMU group, another domain holds now),
+ * `held-elsewhere` (a device, or one of its IOMMU group, another domain holds now, or one a
+ * hostdev network's pool hands out),
  * `start-refused` (the start guard would refuse its hostdevs on this host now), `drift` (the
  * definition changed after it was shown); failures: `read-failed` (libvirt, or the host's devices,
  * could not be read), `backup-failed` (the definition it replaces could not be backed up: nothing
@@ -470,14 +472,15 @@ function heldElsewhereNow(
       }; restoring it would put a device in two definitions: release them there first`,
     };
   }
-  if (readDevice === undefined) return null;
   // Asked again for each device every other domain holds: read each one once. Not kept for the
   // check after the question, which may stay open for minutes.
   const seen = new Map<PciAddress, HostDeviceNow | null>();
   const now = (address: PciAddress) => {
-    if (!seen.has(address)) seen.set(address, readDevice(address));
+    if (!seen.has(address)) seen.set(address, readDevice?.(address) ?? null);
     return seen.get(address)!;
   };
+  const pooled = inPoolNow(vm, backup, { adding, world, devices, now });
+  if (pooled !== null || readDevice === undefined) return pooled;
   // The PF of a VF given back, or a VF of a PF given back (usually in other IOMMU groups).
   const sriovPeersOf = (address: PciAddress) => {
     const device = now(address);
@@ -502,6 +505,53 @@ function heldElsewhereNow(
     world,
     options,
   });
+}
+
+/**
+ * Why a device `adding` gives `vm` back is in a hostdev network's pool now, a VF libvirt hands to
+ * whichever guest on that network starts first, or is the PF of one, whose VFs passing it destroys;
+ * or `null`. `plan` refuses both (`hostdev-network`); the pool is counted as `networkPools` counts
+ * it: the VFs its XML lists and those of its `<pf dev>` (`devices` names its function), and the PFs
+ * of those VFs (`now` reads their links).
+ */
+function inPoolNow(
+  vm: string,
+  backup: BackupEntry,
+  { adding, world, devices, now }: {
+    adding: ReadonlySet<PciAddress>;
+    world: World;
+    devices: DeviceResolvers | undefined;
+    now: (address: PciAddress) => HostDeviceNow | null;
+  },
+): Stop | null {
+  if (world.networks?.kind !== "read") return null;
+  const found: string[] = [];
+  for (const network of world.networks.hostdev) {
+    const pfs = new Set(network.pfs.flatMap((dev) => devices?.netDeviceControllers?.(dev) ?? []));
+    const vfs = new Set(network.addresses);
+    for (const pf of pfs) for (const vf of now(pf)?.virtfns ?? []) vfs.add(vf);
+    for (const vf of network.addresses) {
+      const physfn = now(vf)?.physfn;
+      if (physfn) pfs.add(physfn);
+    }
+    const name = JSON.stringify(network.name);
+    for (const address of [...adding].sort()) {
+      if (vfs.has(address)) {
+        found.push(`"${address}", a VF hostdev network ${name} hands to guests at their start`);
+      } else if (pfs.has(address)) {
+        found.push(
+          `"${address}", the PF of hostdev network ${name}, whose VFs passing it destroys`,
+        );
+      }
+    }
+  }
+  if (found.length === 0) return null;
+  return {
+    code: "held-elsewhere",
+    message: `Not restored: backup "${backup.id}" gives "${vm}" ${
+      found.join("; ")
+    }; a device goes to one guest only (plan refuses it: hostdev-network): take it out of the pool (virsh net-edit), or restore another backup`,
+  };
 }
 
 /**

@@ -1549,6 +1549,31 @@ Deno.test("rollbackVm() does not restore a backup giving the VM the NIC under an
   assertEquals(hostdevs(f, "alpha"), []);
 });
 
+Deno.test("rollbackVm() does not restore a backup giving the VM a VF of a hostdev network's pool, nor the pool's PF", async () => {
+  const [VF, PF] = ["0000:05:10.0", "0000:05:00.0"];
+  using f = fixture(
+    `<network><name>sriov</name><forward mode='hostdev' managed='yes'>
+      <address type='pci' domain='0x0000' bus='0x05' slot='0x10' function='0x0'/>
+    </forward></network>\n`,
+  );
+  const sriov: NonNullable<RollbackOptions["readDevice"]> = (address) =>
+    address === VF
+      ? { iommuGroup: 20, physfn: PF, virtfns: [] }
+      : address === PF
+      ? { iommuGroup: 21, physfn: null, virtfns: [VF] }
+      : null;
+  for (const address of [VF, PF]) {
+    await addThenRelease(f, "alpha", address);
+    const { report, asked } = await rollbackNotingQuestion(f, "alpha", {
+      devices: NO_DEVICES,
+      readDevice: sriov,
+    });
+    assertEquals([report.status, report.code, asked], ["failed", "held-elsewhere", false], address);
+    assertMatch(report.message, /hostdev network "sriov"/, address);
+    assertMatch(report.message, /plan refuses it: hostdev-network/, address);
+    assertEquals(hostdevs(f, "alpha"), [], address);
+  }
+});
 Deno.test("rollbackVm() counts nothing for another domain's disk it cannot look under", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
