@@ -14,6 +14,7 @@ import {
   type BackupListing,
   describeBackupProblem,
   inspectBackups,
+  libvirtHost,
 } from "../lib/state/backups.ts";
 import {
   openStateDir,
@@ -70,7 +71,7 @@ function uriNotes(entries: readonly BackupEntry[]): string {
   const byVm = new Map<string, string[]>();
   for (const { vm, uri } of entries) {
     const uris = byVm.get(vm) ?? [];
-    if (!uris.includes(lockUri(uri))) uris.push(lockUri(uri));
+    if (!uris.includes(libvirtHost(uri))) uris.push(libvirtHost(uri));
     byVm.set(vm, uris);
   }
   return [...byVm].filter(([, uris]) => uris.length > 1).map(([vm, uris]) =>

@@ -14,12 +14,7 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import {
-  acquireConnectionLock,
-  describeHolder,
-  lockScopeNote,
-  lockUri,
-} from "../lib/state/lock.ts";
+import { acquireConnectionLock, describeHolder, lockScopeNote } from "../lib/state/lock.ts";
 import {
   type RollbackPreview,
   type RollbackReport,
@@ -30,7 +25,7 @@ import {
 import { openStateDir, resolveStateDirPath, type StateDir } from "../lib/state/state_dir.ts";
 import type { DomainSummary } from "../lib/plan/libvirt_port.ts";
 import { pathExists } from "../lib/state/paths.ts";
-import { BackupNotFoundError, listBackups } from "../lib/state/backups.ts";
+import { BackupNotFoundError, libvirtHost, listBackups } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck, policed } from "../lib/guard/run.ts";
@@ -141,7 +136,7 @@ function filedAs(
   const uuid = domains.find((d) => d.name === vm)?.uuid;
   if (uuid === undefined) return null;
   const names = listBackups(state)
-    .filter((e) => e.uuid === uuid && e.vm !== vm && lockUri(e.uri) === lockUri(uri))
+    .filter((e) => e.uuid === uuid && e.vm !== vm && libvirtHost(e.uri) === libvirtHost(uri))
     .map((e) => e.vm);
   return names.length === 0 ? null : { uuid, names: [...new Set(names)] };
 }

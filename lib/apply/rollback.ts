@@ -29,6 +29,7 @@ import {
   backupDir,
   type BackupEntry,
   findBackup,
+  libvirtHost,
   listBackups,
   readBackupXml,
   writeBackup,
@@ -930,7 +931,7 @@ function backupOf(
   summary: DomainSummary | null;
   unread: Stop | null;
 } {
-  const uri = lockUri(options.libvirt.uri);
+  const uri = libvirtHost(options.libvirt.uri);
   // Of this connection only: another host's VM of this name and uuid has its own backups here.
   const backup = findBackup(state, vm, options.backup, { run: options.run, uri });
   const backupXml = readBackupXml(backup);
@@ -946,7 +947,7 @@ function backupOf(
   checkBackupIsOf(vm, backup, parsed, {
     summary,
     renamed: domains.find((d) => d.name !== vm && d.uuid === backup.uuid) ?? null,
-    others: () => listBackups(state, vm).filter((b) => lockUri(b.uri) === uri),
+    others: () => listBackups(state, vm).filter((b) => libvirtHost(b.uri) === uri),
     run: options.run,
   });
   return { backup, backupXml, parsed, summary, unread: null };

@@ -435,7 +435,7 @@ export function describeBackupProblem(problem: BackupProblem): string {
 }
 
 /** The backups of one VM directory, and its files that are not backups. */
-function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing): void {
+function inspectVmDir(dir: string, into: BackupListing): void {
   // One listing: read twice, a backup written in between (by an apply of another connection,
   // while `backups` reads) was in the second only, its XML or sidecar missing from the first.
   const names = new Map<string, Deno.DirEntry>();
@@ -448,7 +448,7 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
       const problem = sidecarMissingProblem(dir, file.name, names);
       if (problem !== null) into.problems.push(problem);
     } else if (file.name.endsWith(".json")) {
-      inspectSidecar(dir, file, { vm, names, into });
+      inspectSidecar(dir, file, { names, into });
     }
   }
 }
@@ -528,14 +528,13 @@ function sidecarMissingProblem(
 
 /**
  * The backup the sidecar `file` describes into `into.entries` when it and its XML are intact,
- * else what is wrong into `into.problems`; nothing for another VM's (`vm`), or one pruned since
- * the listing.
+ * else what is wrong into `into.problems` (one naming another VM than the directory's too);
+ * nothing for one pruned since the listing.
  */
 function inspectSidecar(
   dir: string,
   file: Deno.DirEntry,
-  { vm, names, into }: {
-    vm: string | undefined;
+  { names, into }: {
     names: ReadonlyMap<string, Deno.DirEntry>;
     into: BackupListing;
   },
@@ -613,13 +612,13 @@ export function inspectBackups(stateDir: string | StateDir, vm?: string): Backup
   }
   if (vm !== undefined) {
     const dir = backupDir(state, vm);
-    if (checkPrivateDir(dir, state)) inspectVmDir(dir, vm, listing);
+    if (checkPrivateDir(dir, state)) inspectVmDir(dir, listing);
   } else if (checkPrivateDir(state.backupsPath, state)) {
     for (const entry of listDir(state.backupsPath)) {
       if (entry.name.startsWith(".")) continue;
       const dir = join(state.backupsPath, entry.name);
       try {
-        if (checkPrivateDir(dir, state)) inspectVmDir(dir, undefined, listing);
+        if (checkPrivateDir(dir, state)) inspectVmDir(dir, listing);
       } catch (error) {
         if (!(error instanceof StateDirError)) throw error;
         listing.problems.push({ kind: "damaged", id: null, path: dir, detail: error.message });
@@ -779,7 +778,7 @@ export function findBackup(
 ): BackupEntry {
   const { run, uri } = options;
   const { entries: listed, problems } = inspectBackups(stateDir, vm);
-  const ours = (e: BackupEntry) => uri === undefined || lockUri(e.uri) === lockUri(uri);
+  const ours = (e: BackupEntry) => uri === undefined || libvirtHost(e.uri) === libvirtHost(uri);
   const entries = listed.filter(ours);
   const damaged = problems.filter((p) => p.kind === "damaged" && p.id !== null);
   // Found, but taken through another connection: never restored through this one.
@@ -837,6 +836,22 @@ export function findBackup(
     });
   }
   throw notOfThisVm(stateDir, vm, ref, run);
+}
+
+/**
+ * The libvirt a backup's definition came from, as far as its devices go: `uri` as its connection
+ * lock names it, but for the socket (`?socket=`), which reaches a daemon of this host either way.
+ * Backups of one VM through two of these are another host's definitions.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(libvirtHost("qemu:///system?socket=/tmp/d/libvirt-sock"), "qemu:///system");
+ * assertEquals(libvirtHost("qemu+ssh://root@hv2/system"), "qemu+ssh://hv2/system");
+ * ```
+ */
+export function libvirtHost(uri: string): string {
+  return lockUri(uri).replace(/\?socket=.*$/, "");
 }
 
 /** The state directory's path, for messages. */
