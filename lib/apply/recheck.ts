@@ -18,8 +18,8 @@
 
 import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
-import { behindVmd, sameIdentityAsRead } from "../resolve/match.ts";
-import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
+import { sameIdentityAsRead } from "../resolve/match.ts";
+import { behindVmd, cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 import { groupMates } from "../resolve/group_mates.ts";
 import type { NonPciMember } from "../host/sysfs.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";

@@ -9,6 +9,7 @@
 
 import type { DeviceRule } from "../config/config.ts";
 import {
+  behindVmd,
   cardOf,
   hostCriticalOnItsOwn,
   hostCriticalReason,
@@ -16,7 +17,7 @@ import {
   virtualFunctionInUse,
 } from "./host_critical.ts";
 import type { RuleResolution } from "./match.ts";
-import { behindVmd, VFIO_DRIVERS } from "./match.ts";
+import { VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";

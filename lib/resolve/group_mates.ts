@@ -9,7 +9,7 @@
 
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { NonPciMember } from "../host/sysfs.ts";
-import { behindVmd } from "./match.ts";
+import { behindVmd } from "./host_critical.ts";
 
 /** How {@link groupMates} reads the host. */
 export interface GroupMatesRead {

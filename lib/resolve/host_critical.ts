@@ -67,6 +67,23 @@ export function onRootBus(device: Pick<PciDevice, "address" | "rootBus">): boole
 }
 
 /**
+ * Whether `device` sits behind Intel VMD, in a PCI domain past the firmware's last (`ffff`), as
+ * VMD numbers the domain behind its controller (`10000` and up): the IOMMU sees its DMA as the
+ * controller's, so VFIO cannot assign it apart from the controller, whatever group it shows, and
+ * a guest given the controller takes it along (the domain leaves the host with the vmd driver).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(behindVmd({ address: "10000:e1:00.0" }), true);
+ * assertEquals(behindVmd({ address: "0000:00:0e.0" }), false);
+ * ```
+ */
+export function behindVmd(device: Pick<PciDevice, "address">): boolean {
+  return pciAddressParts(device.address).domain > 0xffff;
+}
+
+/**
  * Why the host likely needs `device`, or `null` when it does not. `matchedCards` holds the
  * {@link cardOf} of the devices asked for: a storage, network, display or USB function on a
  * matched card itself is what the user asked for.
@@ -147,7 +164,8 @@ export interface TakenAlong {
  * storage, network, display and USB controllers that passing another card of the group without
  * them takes along, which `plan` refuses as the host's (`group-contains-host-critical`), and
  * whether every card of the group takes another's along (`noCardAlone`), so none passes alone.
- * Bridges stay with the host and count as no card.
+ * Bridges stay with the host and count as no card, and so do devices behind Intel VMD
+ * ({@link behindVmd}), which no rule matches and which go with their controller, never alone.
  *
  * @example
  * ```ts
@@ -165,7 +183,7 @@ export function takenAlong(
     "address" | "vendorId" | "classCode" | "rootBus" | "isBridge"
   >[],
 ): { along: Map<PciAddress, TakenAlong>; noCardAlone: boolean } {
-  const endpoints = members.filter((d) => !d.isBridge);
+  const endpoints = members.filter((d) => !d.isBridge && !behindVmd(d));
   // Each card by its first function, as a rule matching it would take it.
   const cards = new Map<string, PciAddress>();
   for (const d of endpoints) if (!cards.has(cardOf(d))) cards.set(cardOf(d), d.address);

@@ -10,9 +10,9 @@
 import type { DeviceRule, MatchCriteria } from "../config/config.ts";
 import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { cardOf, onRootBus } from "./host_critical.ts";
+import { behindVmd, cardOf, onRootBus } from "./host_critical.ts";
 import { followUpCommand, type RunFlags } from "../render/shell.ts";
-import { pciAddressParts, slotOf } from "../pci/address.ts";
+import { slotOf } from "../pci/address.ts";
 
 /** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
 export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
@@ -167,23 +167,6 @@ export function deviceMatches(
   options: MatchOptions = {},
 ): boolean {
   return !device.isBridge && !behindVmd(device) && criteriaHold(device, criteria, options);
-}
-
-/**
- * Whether `device` sits behind Intel VMD, in a PCI domain past the firmware's last (`ffff`), as
- * VMD numbers the domain behind its controller (`10000` and up): the IOMMU sees its DMA as the
- * controller's, so VFIO cannot assign it apart from the controller, whatever group it shows, and
- * a guest given the controller takes it along (the domain leaves the host with the vmd driver).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(behindVmd({ address: "10000:e1:00.0" }), true);
- * assertEquals(behindVmd({ address: "0000:00:0e.0" }), false);
- * ```
- */
-export function behindVmd(device: Pick<PciDevice, "address">): boolean {
-  return pciAddressParts(device.address).domain > 0xffff;
 }
 
 /** Whether `device` satisfies every criterion, bridge or not. */

@@ -479,6 +479,31 @@ Deno.test("groups marks a group whose every card takes another's controller alon
   );
 });
 
+Deno.test("groups and devices mark no group for a drive behind Intel VMD, which plan passes with its controller", async () => {
+  // No rule matches a drive behind VMD and plan leaves it out of the controller's group: it is no
+  // card of its own. Counted as one, the group read host-critical and each was said refused
+  // without the other, while plan passes the controller (tests/plan/resolve_test.ts).
+  const z690 = loadHostDescription(
+    new URL("../fixtures/hosts/z690-asus-adl.json", import.meta.url),
+  );
+  const samsung = z690.devices.find((d) => d.bdf === "0000:06:00.0")!;
+  const tree = `${dir}/z690-vmd`;
+  buildHostTree({
+    ...z690,
+    devices: [...z690.devices, { ...samsung, bdf: "10000:e1:00.0", group: 6 }],
+    host_use: [],
+  }, tree);
+  const groups = cells((await run(["groups", "--sysfs", tree, "6", "--wide"])).out);
+  assertEquals(groups.map((r) => `${r.ADDRESS} ${r.STATUS}|${r.NOTES}`), [
+    "0000:00:0e.0 |",
+    "10000:e1:00.0 |same IDs as 0000:06:00.0",
+  ]);
+  const json = JSON.parse((await run(["groups", "--sysfs", tree, "6", "--json"])).out);
+  assertEquals(json[0].hostCritical, false);
+  const devices = cells((await run(["devices", "--sysfs", tree, "00:0e.0", "--wide"])).out);
+  assertEquals(devices.map((r) => r.NOTES), [""]);
+});
+
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
 
 Deno.test("devices and groups of a tree that does not say what its host uses say so under the table", async () => {
