@@ -216,7 +216,10 @@ function checkClass(klass: string | undefined): void {
   );
 }
 
-/** Runs `passthrough devices`: a table, or the {@link PciDevice} objects as JSON. */
+/**
+ * Runs `passthrough devices`: a table, or the {@link PciDevice} objects as JSON, each with its
+ * `hostCritical` reason and what passing another card without it takes along (`takenAlong`).
+ */
 export async function run(
   { values, positionals }: Parsed<typeof DEVICES>,
   io: CliIo,
@@ -230,8 +233,15 @@ export async function run(
     klass: values.class,
     run: runFlags(values),
   });
+  const along = new Map(
+    host.groups.flatMap((g) => [...takenAlong(g.devices).along]),
+  );
   if (values.json) {
-    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalOnItsOwn(d, host) }));
+    const json = devices.map((d) => ({
+      ...d,
+      hostCritical: hostCriticalOnItsOwn(d, host),
+      takenAlong: along.get(d.address) ?? null,
+    }));
     io.out(`${JSON.stringify(json, null, 2)}\n`);
     return 0;
   }
@@ -243,9 +253,6 @@ export async function run(
     return 0;
   }
   const twins = sameIds(host.devices, devices);
-  const along = new Map(
-    host.groups.flatMap((g) => [...takenAlong(g.devices).along]),
-  );
   const rows = devices.map((d) => {
     const notes = [
       deviceNotes(d, host, paint, twins),

@@ -50,7 +50,8 @@ function selected(host: HostTopology, wanted: string[]): IommuGroup[] {
 
 /**
  * Runs `passthrough groups`: a table (every row with its group's number and status), or
- * `[{ group, hostCritical, devices }]` as JSON, each device with its `hostCritical` reason.
+ * `[{ group, hostCritical, devices }]` as JSON, each device with its `hostCritical` reason and
+ * what passing another card without it takes along (`takenAlong`).
  */
 export async function run(
   { values, positionals }: Parsed<typeof GROUPS>,
@@ -62,14 +63,15 @@ export async function run(
   const groups = selected(host, positionals);
   if (values.json) {
     const json = groups.map((group) => {
+      const { along, noCardAlone } = takenAlong(group.devices);
       const devices = group.devices.map((d) => ({
         ...d,
         hostCritical: hostCriticalOnItsOwn(d, host),
+        takenAlong: along.get(d.address) ?? null,
       }));
       return {
         group: group.group,
-        hostCritical: devices.some((d) => d.hostCritical !== null) ||
-          takenAlong(group.devices).noCardAlone,
+        hostCritical: devices.some((d) => d.hostCritical !== null) || noCardAlone,
         devices,
       };
     });

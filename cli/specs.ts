@@ -32,8 +32,10 @@ JSON keys of a device (the config's match key in brackets): address [address], v
 driver [driver], modules, iommuGroup, numaNode [numa_node], physicalSlot [slot], isBridge,
 rootBus (on a PCI root bus; absent where the tree's links do not say), physfn, virtfns,
 bootVga, flr, serial [serial], for an SR-IOV physical function sriovTotalVfs, sriovNumVfs and
-macAddress (its interface's MAC), and hostCritical: why the host needs it (what 'plan'
-refuses), or null.`
+macAddress (its interface's MAC), hostCritical: why the host needs it (what 'plan'
+refuses), or null, and takenAlong: { reason, by } when passing another card of its group
+without it takes it along, which 'plan' refuses (by: each such card's first function), or
+null.`
   .trim();
 
 /** `passthrough devices`. */
@@ -70,7 +72,8 @@ export const GROUPS = {
     ...TABLE_FLAGS,
     json: {
       type: "boolean",
-      help: `print [{ "group": N, "hostCritical": BOOL, "devices": [...] }] as JSON (keys below)`,
+      help:
+        `print [{ "group": N, "hostCritical": BOOL, "devices": [...] }] as JSON (keys below; a group is hostCritical when a device is, or when every card takes another's along)`,
     },
     ...HOST_FLAGS,
   },

@@ -451,6 +451,22 @@ Deno.test("groups marks a group whose every card takes another's controller alon
   assertEquals(notes(b550, "0000:04:00.1"), "");
   const json = JSON.parse((await run(["groups", "--sysfs", trees.b550, "15", "--json"])).out);
   assertEquals(json[0].hostCritical, true);
+  // --json says why, as the notes do: every device's own hostCritical is null, so a script read
+  // the group as host-critical with nothing in it the host needs.
+  const along = (devices: { address: string; takenAlong: unknown }[], address: string) =>
+    devices.find((d) => d.address === address)?.takenAlong;
+  assertEquals(along(json[0].devices, "0000:02:00.1"), {
+    reason: "storage controller in another slot",
+    by: ["0000:04:00.0", "0000:05:00.0"],
+  });
+  assertEquals(along(json[0].devices, "0000:04:00.1"), null);
+  const devicesJson = JSON.parse(
+    (await run(["devices", "--sysfs", trees.b550, "04:00", "--json"])).out,
+  );
+  assertEquals(along(devicesJson, "0000:04:00.0"), {
+    reason: "display controller in another slot",
+    by: ["0000:02:00.0", "0000:05:00.0"],
+  });
   // devices notes it as groups does.
   const devices = cells((await run(["devices", "--sysfs", trees.b550, "04:00", "--wide"])).out);
   assertEquals(devices.map((r) => r.NOTES), [notes(b550, "0000:04:00.0"), ""]);
