@@ -19,6 +19,7 @@ import {
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
 import { type RunFlags, shellWord } from "../render/shell.ts";
+import { oneLine } from "../render/terminal.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
 import { type NetworkPool, networkPoolErrors } from "./networks.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
@@ -387,8 +388,9 @@ function differences(record: DeviceIdentity, device: PciDevice): string {
     ...(record.serial !== device.serial
       ? [record.serial === null ? "no serial" : `serial ${record.serial}`]
       : []),
+    // A recorded slot name comes back from the domain's metadata, newlines and all.
     ...(record.slot !== undefined && record.slot !== device.physicalSlot
-      ? [`slot ${record.slot}`]
+      ? [`slot ${oneLine(record.slot, false)}`]
       : []),
   ];
   return out.join(", ");

@@ -332,7 +332,8 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   ) {
     // Bound otherwise since (driverctl's override dropped, a vfio-pci.ids= entry removed): only
     // the metadata changes, so say why, or `plan --detailed-exitcode` reports a change unexplained.
-    const named = (driver: string | null) => driver ?? "no driver";
+    // The recorded name comes back from the domain's metadata, newlines and all.
+    const named = (driver: string | null) => driver === null ? "no driver" : oneLine(driver, false);
     plan.reasoning.push(
       `${address}: on ${named(identity.driver)} now, not the recorded ${
         named(record.driver)

@@ -1172,3 +1172,36 @@ Deno.test("a rule of IDs and address whose card was replaced in place by another
     );
   });
 });
+
+Deno.test("a recorded slot holding a newline stays on the refusal's line where the card it names moved", async () => {
+  // The recorded slot comes back from the domain's metadata and a slot name is a file name in a
+  // captured tree: "not the recorded one (slot ...)" wrote it raw while the evidence beside it
+  // escaped it, and the rest read as a line of plan's output of its own.
+  const m2 = "M2_2\n  refused [fake]";
+  const slotted = (bdf: string, slot: string) => ({ ...nvmeTwin(bdf, null, slot), flr: true });
+  const before = await treeHost([
+    ...baseDevices(),
+    slotted("0000:0a:00.0", "M2_1"),
+    slotted("0000:0b:00.0", m2),
+  ]);
+  const after = await treeHost([
+    ...baseDevices(),
+    slotted("0000:0a:00.0", "M2_3"),
+    slotted("0000:0b:00.0", "M2_1"),
+    slotted("0000:0c:00.0", m2),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: NVME_AT_0B, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: NVME_AT_0B, host: after, libvirt }), "win10");
+    const own = vm.errors.find((e) => e.rule === "nas" && e.location !== undefined);
+    const escaped = "M2_2\\u000a  refused [fake]";
+    assertOk(
+      (own?.message ?? "").includes(
+        `, not the recorded one (slot ${escaped}), which is now at 0000:0c:00.0 (same IDs and subsystem in the recorded slot ${escaped})`,
+      ),
+      own?.message,
+    );
+  });
+});

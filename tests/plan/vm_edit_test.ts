@@ -739,6 +739,31 @@ Deno.test("planWorld() writes a newline in a slot name gaining a record escaped,
   ]);
 });
 
+Deno.test("planWorld() writes a newline in a recorded driver name escaped, on the reasoning's one line", () => {
+  // The recorded driver comes back from the domain's metadata (and a captured tree's driver is a
+  // file name): a newline in it started a "why" line of its own under the VM.
+  const driver = "nvidia\n    - Group 9: nothing to see";
+  const named = host([...baseDevices(), { ...GPU, driver }, { ...GPU_AUDIO, driver }]);
+  const rules = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+`);
+  const applied = vmOf(
+    planWorld({ config: rules, host: named, world: dataWorld({ win10: WIN10 }) }),
+    "win10",
+  );
+  const vm = vmOf(
+    planWorld({ config: rules, host: HOST, world: dataWorld({ win10: applied.desiredXml }) }),
+    "win10",
+  );
+  const rebound = vm.reasoning.filter((r) => r.includes("only its record changes"));
+  assertEquals(rebound.length, 2, vm.reasoning.join("\n"));
+  for (const line of rebound) {
+    assertOk(line.includes("nvidia\\u000a    - Group 9: nothing to see"), line);
+  }
+});
+
 Deno.test("planWorld() keeps the recorded driver of a card on vfio-pci whose slot the firmware renamed", () => {
   // The record's slot aside, it is still the card's: its driver (the rule's) must stay recorded,
   // or the next plan finds the rule matching nothing.
