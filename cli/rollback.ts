@@ -14,7 +14,12 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import { acquireConnectionLock, describeHolder, lockScopeNote } from "../lib/state/lock.ts";
+import {
+  acquireConnectionLock,
+  describeHolder,
+  lockScopeNote,
+  lockUri,
+} from "../lib/state/lock.ts";
 import {
   type RollbackPreview,
   type RollbackReport,
