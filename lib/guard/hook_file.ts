@@ -1008,6 +1008,13 @@ export interface HookInspection {
    */
   cacheBlocked: string | null;
   /**
+   * When the hook's Deno cache is a symbolic link (not one {@link HookInspection.cacheBlocked}
+   * names), which `hook install` refuses: the check, run as root, keeps its code cache where it
+   * leads, out of the private state directory. What the link holds, and whether that is there;
+   * else `null`.
+   */
+  cacheLink: { target: string; exists: boolean } | null;
+  /**
    * A `.npmrc` in the hook's `HOME` (its Deno cache), which passthrough never writes: Deno reads
    * it before the check at every start, and stops on one it cannot read or parse; `null` when
    * none.
@@ -1310,7 +1317,7 @@ export interface HookFileProblem {
  * const inspection = { path: "/etc/libvirt/hooks/qemu.d/50-passthrough-guard",
  *   executable: false, intact: true, format: HOOK_FORMAT, unsafe: [], programs: [],
  *   settings: null, stateDirLink: null, sysfsMissing: false, cacheBlocked: null,
- *   npmrc: null, missingModules: [] };
+ *   cacheLink: null, npmrc: null, missingModules: [] };
  * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
  *   severity: "fail", text: "not executable, so libvirt skips it",
  *   fix: "passthrough hook install",
@@ -1330,6 +1337,7 @@ export function hookFileProblems(
     | "stateDirLink"
     | "sysfsMissing"
     | "cacheBlocked"
+    | "cacheLink"
     | "npmrc"
     | "missingModules"
   >,
@@ -1354,6 +1362,7 @@ export function hookFileProblems(
   }
   problems.push(...stateDirLinkProblem(inspection, install));
   problems.push(...cacheBlockedProblem(inspection));
+  problems.push(...cacheLinkProblem(inspection));
   problems.push(...npmrcProblem(inspection));
   for (const module of inspection.missingModules) {
     fail(
@@ -1412,6 +1421,26 @@ function cacheBlockedProblem(
     text: `${what} ${cacheBlocked} is not a directory: the check cannot run (Deno keeps its ` +
       "cache there), so every VM start is refused",
     fix: `mv ${shellWord(cacheBlocked)} ${shellWord(`${cacheBlocked}.aside`)}`,
+  }];
+}
+
+/**
+ * The hook's Deno cache as a symbolic link, which install refuses; `[]` when none. The link
+ * alone is removed (`rm`, no `-r`): the next start makes the directory again.
+ */
+function cacheLinkProblem(
+  { settings, cacheLink }: Pick<HookInspection, "settings" | "cacheLink">,
+): HookFileProblem[] {
+  const cache = settings?.env.DENO_DIR;
+  if (cache === undefined || cacheLink === null) return [];
+  return [{
+    severity: "fail",
+    text:
+      `its Deno cache ${cache} is a symbolic link to ${cacheLink.target}${
+        cacheLink.exists ? "" : ", which does not exist"
+      }: hook install refuses one, as the check, run as root at every VM start, keeps its code ` +
+      "cache where the link leads, out of its private state directory",
+    fix: `rm ${shellWord(cache)}`,
   }];
 }
 
@@ -1497,6 +1526,26 @@ function cacheBlocked(settings: HookSettings): string | null {
     }
   }
   return null;
+}
+
+/**
+ * The hook's Deno cache as a symbolic link {@link cacheBlocked} does not name (one that leads to
+ * a directory, or nowhere): what it holds, and whether that is there; else `null`.
+ */
+function cacheLink(settings: HookSettings): { target: string; exists: boolean } | null {
+  const cache = settings.env.DENO_DIR;
+  // Only where `deno run` keeps it (cacheDirs); the state directory as a link is said apart
+  // (stateDirLink), and a link that loops or leads to a file is cacheBlocked's.
+  const kept = cacheDirs(settings).some(([dir]) => dir === cache && dir !== settings.stateDir);
+  if (!kept || cacheBlocked(settings) === cache) return null;
+  try {
+    if (!Deno.lstatSync(cache!).isSymlink) return null;
+    const target = Deno.readLinkSync(cache!);
+    return { target, exists: linkTarget(cache!) !== "" };
+  } catch {
+    // Missing (the check makes it), or not for this user to see: the check's run says.
+    return null;
+  }
 }
 
 /** The largest number of a bundle's modules {@link missingModules} follows. */
@@ -1619,6 +1668,7 @@ export function inspectHook(
         stateDirLink: null,
         sysfsMissing: false,
         cacheBlocked: null,
+        cacheLink: null,
         npmrc: null,
         missingModules: [],
       };
@@ -1663,6 +1713,7 @@ export function inspectHook(
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
     sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs, reader),
     cacheBlocked: settings === null ? null : cacheBlocked(settings),
+    cacheLink: settings === null ? null : cacheLink(settings),
     npmrc: settings === null ? null : strayNpmrc(settings),
     missingModules: settings === null ? [] : missingModules(settings),
   };

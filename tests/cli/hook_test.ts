@@ -2205,6 +2205,56 @@ Deno.test("a hook whose Deno stops before the check runs refuses every start nam
   }
 });
 
+Deno.test("hook status reports a hook Deno cache that became a symbolic link, which hook install refuses, with the rm that removes the link alone", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cache-link-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    const hooks = `${dir}/qemu.d`;
+    const cache = `${dir}/state/deno`;
+    const start = () => runHook(hook, ["plain", "prepare", "begin", "-"], testDomainXml("plain"));
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      const report = JSON.parse(run.stdout);
+      return { code: run.code, problems: report.problems, fix: report.fix };
+    };
+    Deno.mkdirSync(`${dir}/elsewhere`);
+    for (
+      const [target, where] of [
+        ["/nonexistent/x", `to /nonexistent/x, which does not exist`],
+        [`${dir}/elsewhere`, `to ${dir}/elsewhere`],
+      ]
+    ) {
+      // Starts still pass: it said "up to date", while an install refuses such a link.
+      Deno.removeSync(cache, { recursive: true });
+      Deno.symlinkSync(target!, cache);
+      assertEquals((await start()).code, 0, target);
+      assertEquals(await status(), {
+        code: 1,
+        problems: [
+          `its Deno cache ${cache} is a symbolic link ${where}: hook install refuses one, as ` +
+          "the check, run as root at every VM start, keeps its code cache where the link " +
+          "leads, out of its private state directory",
+        ],
+        fix: `rm ${cache}`,
+      }, target);
+      const removed = await new Deno.Command("sh", { args: ["-c", `rm ${cache}`] }).output();
+      assertEquals(removed.code, 0);
+      assertEquals(await start(), { code: 0, stdout: "", stderr: "" }, target);
+      assertEquals(await status(), { code: 0, problems: [], fix: null }, target);
+    }
+    const doctor = await runCli(["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks]);
+    assertEquals(doctor.stdout.includes("symbolic link"), false);
+    Deno.symlinkSync("/nonexistent/x", `${cache}.new`);
+    Deno.removeSync(cache, { recursive: true });
+    Deno.renameSync(`${cache}.new`, cache);
+    const linked = await runCli(["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks]);
+    assertMatch(linked.stdout, /its Deno cache .* is a symbolic link to \/nonexistent\/x/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a hook running a bundle with a module gone refuses every start naming the VM, and hook status names the module and setup.sh", async () => {
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-chunk-" });
