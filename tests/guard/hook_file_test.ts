@@ -840,6 +840,13 @@ Deno.test("reloadDaemons() says a virtqemud that exited since it was found runs 
       .spawn();
     try {
       Deno.writeTextFileSync(`${dir}/virtqemud.pid`, `${child.pid}\n`);
+      // spawn() returns once the child is forked; until it has exec'd, its comm is still deno's
+      // (seen on a loaded machine), so wait for the name exec gives it.
+      for (let i = 0; i < 500; i++) {
+        const comm = Deno.readTextFileSync(`/proc/${child.pid}/comm`).trim();
+        if (comm === "virtqemud") break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
       const daemons = findHookDaemons(libcSysfsReader(), { runDir: dir });
       assertEquals(daemons.map((d) => [d.name, d.pid]), [["virtqemud", child.pid]]);
       child.kill("SIGTERM");
