@@ -12,6 +12,7 @@ import { nameApart, printAlike } from "../lib/render/suggest.ts";
 import type { Plan } from "../lib/plan/types.ts";
 import { repairView } from "../lib/plan/repair.ts";
 import { redactedJson } from "../lib/render/redact.ts";
+import { oneLine } from "../lib/render/terminal.ts";
 import { planCounts } from "./plan_options.ts";
 import type { ChangeCounts } from "./plan_summary.ts";
 
@@ -157,13 +158,19 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
       ? `; ${EFFECT[result.effect] ?? result.effect}`
       : "";
     const vm = nameApart(result.vm, alike);
-    lines.push(`${statusWord(result, paint)} ${vm}${changed}: ${result.message}${effect}`);
-    if (result.backup !== null) lines.push(`  backup: ${result.backup}`);
+    // Messages quote host names (drivers, slots) and libvirt's errors raw, as --json keeps them:
+    // the one escape is here, so none breaks its line or tabs itself into columns.
+    lines.push(
+      `${statusWord(result, paint)} ${
+        oneLine(`${vm}${changed}: ${result.message}${effect}`, false)
+      }`,
+    );
+    if (result.backup !== null) lines.push(`  backup: ${oneLine(result.backup, false)}`);
     const pruned = prunedLine(result, report.keepBackups);
-    if (pruned !== null) lines.push(`  ${pruned}`);
+    if (pruned !== null) lines.push(`  ${oneLine(pruned, false)}`);
     if (result.restored) lines.push(`  the previous definition was restored from the backup`);
     for (const error of result.live?.errors ?? []) {
-      lines.push(`  ${paint("red", "hot-plug")}: ${error}`);
+      lines.push(`  ${paint("red", "hot-plug")}: ${oneLine(error, false)}`);
     }
   }
   const list = (names: string[]) => (names.length === 0 ? "none" : names.join(", "));

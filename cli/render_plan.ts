@@ -84,10 +84,12 @@ function renderIssue(issue: PlanIssue, kind: IssueKind, paint: Paint): string[] 
     ? paint("yellow", "warning")
     : paint("dim", "note");
   const where = issue.location !== undefined ? `${issue.location}: ` : "";
-  const lines = [`  ${mark} [${issue.code}] ${where}${issue.message}`];
+  // Messages quote host and VM names (drivers, slots, host uses) raw, as --json keeps them: the
+  // one escape is here, so no message can break its line or tab itself into columns.
+  const lines = [`  ${mark} [${issue.code}] ${oneLine(where + issue.message, false)}`];
   for (const candidate of issue.candidates ?? []) lines.push(`      ${candidateRow(candidate)}`);
   if (issue.override !== undefined && kind === "error") {
-    lines.push(`      ${paint("dim", `override: ${issue.override}`)}`);
+    lines.push(`      ${paint("dim", `override: ${oneLine(issue.override, false)}`)}`);
   }
   return lines;
 }
@@ -219,14 +221,14 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   }
   for (const moved of vm.move) {
     lines.push(
-      `  ${
-        paint("cyan", "moved")
-      } ${moved.rule}: from ${moved.from} to ${moved.to}, ${moved.evidence}`,
+      `  ${paint("cyan", "moved")} ${
+        oneLine(`${moved.rule}: from ${moved.from} to ${moved.to}, ${moved.evidence}`, false)
+      }`,
     );
   }
   if (vm.reasoning.length > 0) {
     lines.push("  why:");
-    for (const reason of vm.reasoning) lines.push(`    - ${reason}`);
+    for (const reason of vm.reasoning) lines.push(`    - ${oneLine(reason, false)}`);
   }
   const moves = [...vm.move, ...(vm.repair?.move ?? [])];
   lines.push(...renderIssues(vm.errors, vm.warnings, paint, moves));

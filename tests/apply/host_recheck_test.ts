@@ -108,6 +108,17 @@ Deno.test("applyPlan() does not define a VM whose IOMMU group gained a function 
   );
 });
 
+Deno.test("apply's report prints a new group mate's driver name holding a tab escaped, the result raw", async () => {
+  // lspci's line format lets a tab through: kept, the report's line read as two columns.
+  const { report } = await planChangeApply(PLANNED, {
+    devices: [...PLANNED.devices, { ...NVME_IN_GROUP, driver: "nvme\tx" }],
+  });
+  assertOk(report.vms[0]!.message.includes("driver nvme\tx)"), report.vms[0]!.message);
+  const text = renderApplyReport(report, { color: false });
+  assertOk(!text.includes("\t"), text);
+  assertOk(text.includes("driver nvme\\u0009x)"), text);
+});
+
 Deno.test("applyPlan() does not define a VM whose IOMMU group's listing cannot be read now", async () => {
   const after = { devices: [...PLANNED.devices, NVME_IN_GROUP] };
   const { report, backups, xml, was } = await planChangeApply(

@@ -200,3 +200,30 @@ Deno.test("a host use in a captured tree's host_use.json holding a newline stays
     /refused \[group-contains-host-critical\] .*\/mnt\/a\\u000a {2}note \[fine\] b on nvme0n1p1/,
   );
 });
+
+Deno.test("a driver name holding a tab is escaped on plan's note line, raw in --json", async () => {
+  await using tree = await demoTree();
+  // A tab lines the message up as two columns (lspci's line format lets a tab through, not a
+  // newline).
+  const forged = "nvidia\tx";
+  const device = `${tree.sysfs}/bus/pci/devices/${GPU}`;
+  Deno.removeSync(`${device}/driver`);
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/drivers/${forged}`);
+  Deno.symlinkSync(`../../drivers/${forged}`, `${device}/driver`);
+  const uevent = Deno.readTextFileSync(`${device}/uevent`);
+  Deno.writeTextFileSync(`${device}/uevent`, uevent.replace(/^DRIVER=.*$/m, `DRIVER=${forged}`));
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(
+    config,
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { address: "${GPU}" }\n`,
+  );
+  const world = `test://${new URL("../../demo/world.xml", import.meta.url).pathname}`;
+  const plan = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world]);
+  const text = plan.stdout + plan.stderr;
+  assertOk(text.includes('host driver "nvidia\\u0009x"'), text);
+  assertOk(!text.includes("\t"), text);
+  // Data stays raw: JSON escapes it itself, and a script reads the driver's real name.
+  const json = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world, "--json"]);
+  assertOk(json.stdout.includes(JSON.stringify(forged).slice(1, -1)), json.stdout);
+  assertOk(!json.stdout.includes("\\\\u0009"), json.stdout);
+});
