@@ -277,8 +277,12 @@ Deno.test({
   ignore: !hasScript(),
   fn: async () => {
     await using tree = await demoTree();
-    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const demoWorld = new URL("../../demo/world.xml", import.meta.url).pathname;
     const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+    // A copy, read afresh at each connection: rollback restores only backups taken through the
+    // libvirt it connects to, so both run over this one.
+    const world = `${tree.dir}/world.xml`;
+    await Deno.copyFile(demoWorld, world);
     const run = (args: string[], out: string) =>
       [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args]
         .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ") +
@@ -300,13 +304,12 @@ Deno.test({
     assertMatch(await Deno.readTextFile(`${tree.dir}/a`), /--- win10 \(current\)/);
 
     // win10 now as another client left it: its backup (the demo's) differs by the description.
-    const changed = `${tree.dir}/world.xml`;
     await Deno.writeTextFile(
-      changed,
-      (await Deno.readTextFile(world)).replace("the GTX 1080 goes here", "edited since"),
+      world,
+      (await Deno.readTextFile(demoWorld)).replace("the GTX 1080 goes here", "edited since"),
     );
     const rollback = await onTerminal(
-      run(["rollback", "win10", "--connect", `test://${changed}`], "r"),
+      run(["rollback", "win10", "--connect", `test://${world}`], "r"),
       [[/Restore "win10" from this backup\? \[y\/N\] $/, "n\n"]],
     );
     assertMatch(rollback, /status 0/);
